@@ -1,0 +1,207 @@
+//! The sector-level interface every image (and every chain of images) presents.
+
+use crate::error::{Error, Result};
+use uuid::Uuid;
+
+/// What a range of sectors holds, as [`Disk::block_status`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// Stored data (which may happen to be zeros).
+    Data,
+    /// Known to read as zeros without stored data (a zero block, a hole, a ZERO extent).
+    Zero,
+    /// Not allocated anywhere: reads as zeros, or in a single layer, falls through to its parent.
+    Unallocated,
+}
+
+/// The status of the run of sectors that starts at the queried LBA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockStatus {
+    /// How many sectors (at least 1, at most the count asked for) share this status.
+    pub sectors: u64,
+    /// What they hold.
+    pub allocation: Allocation,
+    /// Byte offset in the host file where the run's data starts, when it is stored contiguously
+    /// and uncompressed.
+    pub offset: Option<u64>,
+    /// Which layer of a chain answered: 0 for the image itself, 1 for its parent, and so on.
+    pub depth: u32,
+}
+
+impl BlockStatus {
+    /// A run of `sectors` with `allocation`, not tied to a host offset, at depth 0.
+    pub fn new(sectors: u64, allocation: Allocation) -> Self {
+        BlockStatus { sectors, allocation, offset: None, depth: 0 }
+    }
+
+    /// A run of stored data at host byte `offset`.
+    pub fn data_at(sectors: u64, offset: u64) -> Self {
+        BlockStatus { sectors, allocation: Allocation::Data, offset: Some(offset), depth: 0 }
+    }
+}
+
+/// A virtual disk: fixed-size sectors addressed by LBA.
+///
+/// Every method accepts any `u64` LBA and count: a range outside the disk is an
+/// [`ErrorKind::OutOfRange`](crate::ErrorKind::OutOfRange) error, a buffer that is not a whole
+/// number of sectors is [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument), and
+/// neither ever panics. Implementations are `Send + Sync`; reads may run concurrently.
+pub trait Disk: Send + Sync {
+    /// Logical sector size in bytes (512 or 4096): the unit of LBAs and buffers.
+    fn sector_size(&self) -> u32;
+
+    /// Physical sector size in bytes, a hint for alignment.
+    fn physical_sector_size(&self) -> u32 {
+        self.sector_size()
+    }
+
+    /// Guest-visible size in bytes. Usually a whole number of sectors; a raw file of odd length
+    /// keeps its exact length here and rounds up in [`Disk::sector_count`].
+    fn virtual_size(&self) -> u64;
+
+    /// Number of addressable sectors: the virtual size rounded up to whole sectors.
+    fn sector_count(&self) -> u64 {
+        self.virtual_size().div_ceil(u64::from(self.sector_size()))
+    }
+
+    /// The disk's unique identifier, where the format records one.
+    fn disk_id(&self) -> Option<Uuid> {
+        None
+    }
+
+    /// Whether writes are refused.
+    fn is_read_only(&self) -> bool;
+
+    /// Read `buf.len() / sector_size` sectors starting at `lba`.
+    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// Write `buf.len() / sector_size` sectors starting at `lba`.
+    fn write(&self, lba: u64, buf: &[u8]) -> Result<()>;
+
+    /// Make `count` sectors from `lba` read as zeros. The default writes zero-filled buffers.
+    fn write_zeroes(&self, lba: u64, count: u64) -> Result<()> {
+        let range = SectorRange::check(self, lba, count)?;
+        write_zero_buffers(self, range)
+    }
+
+    /// Tell the disk that `count` sectors from `lba` are no longer needed. Afterwards they read
+    /// as zeros (never as stale data or as a parent's data); space is released where the format
+    /// can release it.
+    fn discard(&self, lba: u64, count: u64) -> Result<()>;
+
+    /// Make every completed write durable.
+    fn flush(&self) -> Result<()>;
+
+    /// The status of the run of sectors starting at `lba`, looking at no more than `count`.
+    fn block_status(&self, lba: u64, count: u64) -> Result<BlockStatus>;
+}
+
+/// A validated, in-range run of sectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SectorRange {
+    /// First sector.
+    pub lba: u64,
+    /// Number of sectors (may be 0).
+    pub count: u64,
+    /// Sector size in bytes.
+    pub sector_size: u32,
+}
+
+impl SectorRange {
+    /// Check that `count` sectors from `lba` lie inside `disk`.
+    pub fn check<D: Disk + ?Sized>(disk: &D, lba: u64, count: u64) -> Result<Self> {
+        Self::within(disk.sector_size(), disk.sector_count(), lba, count)
+    }
+
+    /// Check a byte buffer for a read or write at `lba`: whole sectors, inside the disk.
+    pub fn for_buffer<D: Disk + ?Sized>(disk: &D, lba: u64, len: usize) -> Result<Self> {
+        let ss = disk.sector_size();
+        if len % ss as usize != 0 {
+            return Err(Error::invalid_argument(format!(
+                "buffer of {len} bytes is not a whole number of {ss}-byte sectors"
+            )));
+        }
+        Self::within(ss, disk.sector_count(), lba, (len / ss as usize) as u64)
+    }
+
+    /// Check `count` sectors from `lba` against a disk of `sector_count` sectors.
+    pub fn within(sector_size: u32, sector_count: u64, lba: u64, count: u64) -> Result<Self> {
+        match lba.checked_add(count) {
+            Some(end) if end <= sector_count => Ok(SectorRange { lba, count, sector_size }),
+            _ => Err(Error::out_of_range(format!(
+                "sectors {lba}+{count} lie outside the disk of {sector_count} sectors"
+            ))),
+        }
+    }
+
+    /// One past the last sector.
+    pub fn end(&self) -> u64 {
+        self.lba + self.count
+    }
+
+    /// Byte offset of the first sector in the guest view.
+    pub fn byte_offset(&self) -> u64 {
+        self.lba * u64::from(self.sector_size)
+    }
+
+    /// Length in bytes.
+    pub fn byte_len(&self) -> u64 {
+        self.count * u64::from(self.sector_size)
+    }
+}
+
+/// Largest buffer used when a default implementation writes zeros.
+const ZERO_BUFFER: u64 = 1 << 20;
+
+/// Write zero-filled buffers over `range` through [`Disk::write`].
+pub fn write_zero_buffers<D: Disk + ?Sized>(disk: &D, range: SectorRange) -> Result<()> {
+    let ss = u64::from(range.sector_size);
+    let per_buffer = (ZERO_BUFFER / ss).max(1);
+    let zeros = vec![0u8; (per_buffer.min(range.count) * ss) as usize];
+    let mut lba = range.lba;
+    while lba < range.end() {
+        let n = per_buffer.min(range.end() - lba);
+        disk.write(lba, &zeros[..(n * ss) as usize])?;
+        lba += n;
+    }
+    Ok(())
+}
+
+impl<D: Disk + ?Sized> Disk for Box<D> {
+    fn sector_size(&self) -> u32 {
+        (**self).sector_size()
+    }
+    fn physical_sector_size(&self) -> u32 {
+        (**self).physical_sector_size()
+    }
+    fn virtual_size(&self) -> u64 {
+        (**self).virtual_size()
+    }
+    fn sector_count(&self) -> u64 {
+        (**self).sector_count()
+    }
+    fn disk_id(&self) -> Option<Uuid> {
+        (**self).disk_id()
+    }
+    fn is_read_only(&self) -> bool {
+        (**self).is_read_only()
+    }
+    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
+        (**self).read(lba, buf)
+    }
+    fn write(&self, lba: u64, buf: &[u8]) -> Result<()> {
+        (**self).write(lba, buf)
+    }
+    fn write_zeroes(&self, lba: u64, count: u64) -> Result<()> {
+        (**self).write_zeroes(lba, count)
+    }
+    fn discard(&self, lba: u64, count: u64) -> Result<()> {
+        (**self).discard(lba, count)
+    }
+    fn flush(&self) -> Result<()> {
+        (**self).flush()
+    }
+    fn block_status(&self, lba: u64, count: u64) -> Result<BlockStatus> {
+        (**self).block_status(lba, count)
+    }
+}

@@ -1,0 +1,83 @@
+//! What a format engine provides to the facade: open a layer from storage, create an image.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::image::Image;
+use crate::layer::Layer;
+use crate::options::Options;
+use crate::probe::Format;
+use crate::resolve::{FileKind, FileRequest, Opened, Resolver};
+use crate::storage::Storage;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Everything an engine may use while opening one image.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenContext<'a> {
+    /// The image's own path, for names relative to it (None for in-memory images).
+    pub path: Option<&'a Path>,
+    /// Whether the image is opened for writing.
+    pub writable: bool,
+    /// The gate for any other file the image names (VMDK extents).
+    pub resolver: &'a dyn Resolver,
+    /// Read images with damaged checksums where a format allows it (e.g. from a backup copy).
+    pub lenient: bool,
+}
+
+impl OpenContext<'_> {
+    /// Open a file the image names (an extent), through the caller's resolver.
+    pub fn open_external(&self, recorded: &str, kind: FileKind) -> Result<Opened> {
+        self.resolver.open(&FileRequest { referrer: self.path, recorded, kind, writable: self.writable })
+    }
+}
+
+/// The parent of an image being created.
+pub struct BackingSpec<'a> {
+    /// The parent name to record in the child (as the user gave it).
+    pub recorded: String,
+    /// The parent's absolute host path, where known (for absolute locators).
+    pub absolute: Option<&'a Path>,
+    /// The opened parent chain (size, identity for linkage fields).
+    pub image: &'a Image,
+}
+
+/// What to create.
+pub struct CreateSpec<'a> {
+    /// Virtual size in bytes.
+    pub size: u64,
+    /// Format options (`-o`); the engine takes the keys it knows and refuses the rest.
+    pub options: Options,
+    /// The parent, for a differencing image.
+    pub backing: Option<BackingSpec<'a>>,
+    /// Where the new image lives (names of extra files are relative to it).
+    pub path: Option<&'a Path>,
+    /// Creates the extra files a format needs (VMDK extents) beside the image.
+    pub files: &'a dyn FileCreator,
+}
+
+/// Creates the additional files of a multi-file image.
+pub trait FileCreator: Send + Sync {
+    /// Create (or truncate) the file `name`, relative to the image being created.
+    fn create_file(&self, name: &str) -> Result<Arc<dyn Storage>>;
+}
+
+/// A [`FileCreator`] for formats that need no extra files: every call is refused.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoExtraFiles;
+
+impl FileCreator for NoExtraFiles {
+    fn create_file(&self, name: &str) -> Result<Arc<dyn Storage>> {
+        Err(Error::new(ErrorKind::ExternalFileDenied, format!("cannot create extra file '{name}' here")))
+    }
+}
+
+/// A format engine.
+pub trait Driver: Send + Sync {
+    /// The format it handles.
+    fn format(&self) -> Format;
+
+    /// Open one image (one layer; the chain above it is assembled by [`Image::open_chain`]).
+    fn open(&self, storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Result<Box<dyn Layer>>;
+
+    /// Write a new image into `storage` (empty, freshly created) according to `spec`.
+    fn create(&self, storage: &dyn Storage, spec: CreateSpec<'_>) -> Result<()>;
+}

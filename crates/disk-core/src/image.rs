@@ -1,0 +1,410 @@
+//! A chain of layers (an image and its parents) presented as one [`Disk`].
+
+use crate::disk::{Allocation, BlockStatus, Disk, SectorRange};
+use crate::driver::OpenContext;
+use crate::error::{Error, ErrorKind, Result};
+use crate::layer::{Layer, LayerInfo};
+use crate::probe::Format;
+use crate::resolve::{DenyExternal, FileKind, FileRequest, Opened, Resolver};
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// What to do when a parent cannot be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissingParent {
+    /// Fail the open.
+    #[default]
+    Fail,
+    /// Open anyway with a placeholder layer: metadata (`info`) works, reading a sector that
+    /// would come from the parent fails with the reason the parent could not be opened.
+    Placeholder,
+}
+
+/// How to open an image.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Open the named image for writing (parents are always opened read-only).
+    pub writable: bool,
+    /// The format, or `None` to probe.
+    pub format: Option<Format>,
+    /// The gate for parents and extents (default: refuse all).
+    pub resolver: Arc<dyn Resolver>,
+    /// The longest parent chain accepted (the named image counts as 1).
+    pub max_chain_depth: usize,
+    /// Check each parent's identity against what its child recorded.
+    pub verify_parents: bool,
+    /// What to do when a parent cannot be opened.
+    pub missing_parent: MissingParent,
+    /// Accept damaged checksums where the format has a way to read anyway.
+    pub lenient: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            writable: false,
+            format: None,
+            resolver: Arc::new(DenyExternal),
+            max_chain_depth: 64,
+            verify_parents: true,
+            missing_parent: MissingParent::Fail,
+            lenient: false,
+        }
+    }
+}
+
+impl OpenOptions {
+    /// Read-only, probing, refusing external files.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Set [`OpenOptions::writable`].
+    pub fn writable(mut self, writable: bool) -> Self {
+        self.writable = writable;
+        self
+    }
+
+    /// Set [`OpenOptions::format`].
+    pub fn format(mut self, format: Option<Format>) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Set [`OpenOptions::resolver`].
+    pub fn resolver(mut self, resolver: Arc<dyn Resolver>) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// The context an engine gets for an image at `path`.
+    pub fn context<'a>(&'a self, path: Option<&'a Path>, writable: bool) -> OpenContext<'a> {
+        OpenContext { path, writable, resolver: &*self.resolver, lenient: self.lenient }
+    }
+}
+
+/// One layer of a chain with the path it was opened from.
+struct ChainLayer {
+    layer: Box<dyn Layer>,
+    path: Option<PathBuf>,
+}
+
+/// An image with its parents: the top layer first. Implements [`Disk`].
+pub struct Image {
+    layers: Vec<ChainLayer>,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.layers.iter().map(|l| (l.layer.format(), &l.path))).finish()
+    }
+}
+
+impl Image {
+    /// An image of a single layer (no parent opened, even if the layer names one).
+    pub fn single(layer: Box<dyn Layer>, path: Option<PathBuf>) -> Self {
+        Image { layers: vec![ChainLayer { layer, path }] }
+    }
+
+    /// Open the parents of `top` (opened from `top_path`) as its records say, through the
+    /// options' resolver, with depth and cycle limits and identity checks. `open_layer` opens
+    /// one image of a given format (the facade dispatches to the right engine).
+    pub fn open_chain(
+        top: Box<dyn Layer>,
+        top_path: Option<PathBuf>,
+        options: &OpenOptions,
+        open_layer: &dyn Fn(Format, Arc<dyn crate::Storage>, &OpenContext<'_>) -> Result<Box<dyn Layer>>,
+    ) -> Result<Image> {
+        let mut image = Image::single(top, top_path);
+        let mut seen: Vec<PathBuf> = image.layers[0].path.iter().map(|p| p.canonicalize().unwrap_or(p.clone())).collect();
+        loop {
+            let current = image.layers.last().expect("a chain has a top layer");
+            let Some(parent_ref) = current.layer.parent().cloned() else { break };
+            let child_path = current.path.clone();
+            let opened = Self::resolve_parent(&*options.resolver, child_path.as_deref(), &parent_ref.locators, &parent_ref.display)
+                .and_then(|opened| {
+                    if image.layers.len() >= options.max_chain_depth {
+                        return Err(Error::new(
+                            ErrorKind::Unsupported,
+                            format!("backing chain is deeper than {} images", options.max_chain_depth),
+                        ));
+                    }
+                    if seen.contains(&opened.path) {
+                        return Err(Error::corrupt(format!(
+                            "backing chain loops back to '{}'",
+                            opened.path.display()
+                        )));
+                    }
+                    let ctx = options.context(Some(&opened.path), false);
+                    let layer = open_layer(parent_ref.format, opened.storage.clone(), &ctx)
+                        .map_err(|e| e.with_file(&opened.path))?;
+                    let child = &image.layers.last().expect("top").layer;
+                    if options.verify_parents {
+                        child.verify_parent(&*layer)?;
+                    }
+                    if layer.sector_size() != child.sector_size() {
+                        return Err(Error::unsupported(format!(
+                            "parent has {}-byte sectors but the child has {}-byte sectors",
+                            layer.sector_size(),
+                            child.sector_size()
+                        )));
+                    }
+                    Ok((layer, opened.path))
+                });
+            match opened {
+                Ok((layer, path)) => {
+                    seen.push(path.clone());
+                    image.layers.push(ChainLayer { layer, path: Some(path) });
+                }
+                Err(e) if options.missing_parent == MissingParent::Placeholder => {
+                    let child = &image.layers.last().expect("top").layer;
+                    let placeholder = MissingLayer {
+                        format: parent_ref.format,
+                        sector_size: child.sector_size(),
+                        size: child.virtual_size(),
+                        kind: e.kind(),
+                        reason: crate::error::display_chain(&e),
+                    };
+                    image.layers.push(ChainLayer { layer: Box::new(placeholder), path: None });
+                    break;
+                }
+                Err(e) => return Err(e.with_file(child_path.unwrap_or_default())),
+            }
+        }
+        Ok(image)
+    }
+
+    fn resolve_parent(resolver: &dyn Resolver, child: Option<&Path>, locators: &[String], display: &str) -> Result<Opened> {
+        let mut first_error = None;
+        for recorded in locators {
+            match resolver.open(&FileRequest { referrer: child, recorded, kind: FileKind::Parent, writable: false }) {
+                Ok(o) => return Ok(o),
+                Err(e) if e.kind() == ErrorKind::ExternalFileDenied => return Err(e),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| {
+            Error::new(ErrorKind::NotFound, format!("parent '{display}' has no usable locator"))
+        }))
+    }
+
+    /// The top layer (the image that was named).
+    pub fn top(&self) -> &dyn Layer {
+        &*self.layers[0].layer
+    }
+
+    /// Number of layers, including a placeholder for a missing parent.
+    pub fn depth(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Each layer with its path, top first.
+    pub fn layers(&self) -> impl Iterator<Item = (&dyn Layer, Option<&Path>)> {
+        self.layers.iter().map(|l| (&*l.layer, l.path.as_deref()))
+    }
+
+    /// Whether a parent could not be opened (a placeholder stands in for it).
+    pub fn has_missing_parent(&self) -> bool {
+        self.layers.iter().any(|l| l.layer.as_any().is::<MissingLayer>())
+    }
+
+    /// `info` for the top layer.
+    pub fn info(&self) -> LayerInfo {
+        self.top().info()
+    }
+
+    fn below_top(&self) -> Below<'_> {
+        Below { layers: &self.layers[1..], sector_size: self.top().sector_size(), sectors: self.sector_count() }
+    }
+}
+
+impl Disk for Image {
+    fn sector_size(&self) -> u32 {
+        self.top().sector_size()
+    }
+    fn physical_sector_size(&self) -> u32 {
+        self.top().physical_sector_size()
+    }
+    fn virtual_size(&self) -> u64 {
+        self.top().virtual_size()
+    }
+    fn disk_id(&self) -> Option<Uuid> {
+        self.top().disk_id()
+    }
+    fn is_read_only(&self) -> bool {
+        self.top().is_read_only()
+    }
+    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
+        let range = SectorRange::for_buffer(self, lba, buf.len())?;
+        if range.count == 0 {
+            return Ok(());
+        }
+        self.top().read(lba, buf, &self.below_top())
+    }
+    fn write(&self, lba: u64, buf: &[u8]) -> Result<()> {
+        let range = SectorRange::for_buffer(self, lba, buf.len())?;
+        if self.is_read_only() {
+            return Err(Error::read_only());
+        }
+        if range.count == 0 {
+            return Ok(());
+        }
+        self.top().write(lba, buf, &self.below_top())
+    }
+    fn write_zeroes(&self, lba: u64, count: u64) -> Result<()> {
+        SectorRange::check(self, lba, count)?;
+        if self.is_read_only() {
+            return Err(Error::read_only());
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        self.top().write_zeroes(lba, count, &self.below_top())
+    }
+    fn discard(&self, lba: u64, count: u64) -> Result<()> {
+        SectorRange::check(self, lba, count)?;
+        if self.is_read_only() {
+            return Err(Error::read_only());
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        self.top().discard(lba, count, &self.below_top())
+    }
+    fn flush(&self) -> Result<()> {
+        if self.is_read_only() {
+            return Ok(());
+        }
+        self.top().flush()
+    }
+    fn block_status(&self, lba: u64, count: u64) -> Result<BlockStatus> {
+        SectorRange::check(self, lba, count)?;
+        if count == 0 {
+            return Err(Error::invalid_argument("block status of zero sectors"));
+        }
+        Below { layers: &self.layers, sector_size: self.sector_size(), sectors: self.sector_count() }
+            .block_status(lba, count)
+    }
+}
+
+/// The layers below some layer, as one read-only disk the size of the layer above: sectors past
+/// the end of the next layer (a child larger than its parent) read as zeros.
+struct Below<'a> {
+    layers: &'a [ChainLayer],
+    sector_size: u32,
+    sectors: u64,
+}
+
+impl Disk for Below<'_> {
+    fn sector_size(&self) -> u32 {
+        self.sector_size
+    }
+    fn virtual_size(&self) -> u64 {
+        self.sectors * u64::from(self.sector_size)
+    }
+    fn is_read_only(&self) -> bool {
+        true
+    }
+    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
+        let range = SectorRange::for_buffer(self, lba, buf.len())?;
+        let Some((next, rest)) = self.layers.split_first() else {
+            buf.fill(0);
+            return Ok(());
+        };
+        let own = next.layer.virtual_size().div_ceil(u64::from(self.sector_size));
+        let inside = own.saturating_sub(range.lba).min(range.count);
+        let split = (inside * u64::from(self.sector_size)) as usize;
+        let (head, tail) = buf.split_at_mut(split);
+        if inside > 0 {
+            let below = Below { layers: rest, sector_size: self.sector_size, sectors: own };
+            next.layer.read(lba, head, &below).map_err(|e| match &next.path {
+                Some(p) => e.with_file(p),
+                None => e,
+            })?;
+        }
+        tail.fill(0);
+        Ok(())
+    }
+    fn write(&self, _lba: u64, _buf: &[u8]) -> Result<()> {
+        Err(Error::read_only())
+    }
+    fn discard(&self, _lba: u64, _count: u64) -> Result<()> {
+        Err(Error::read_only())
+    }
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+    fn block_status(&self, lba: u64, count: u64) -> Result<BlockStatus> {
+        let range = SectorRange::check(self, lba, count)?;
+        let Some((next, rest)) = self.layers.split_first() else {
+            return Ok(BlockStatus::new(range.count, Allocation::Unallocated));
+        };
+        let own = next.layer.virtual_size().div_ceil(u64::from(self.sector_size));
+        if lba >= own {
+            return Ok(BlockStatus::new(range.count, Allocation::Unallocated));
+        }
+        let status = next.layer.block_status(lba, range.count.min(own - lba))?;
+        if status.allocation != Allocation::Unallocated || rest.is_empty() {
+            return Ok(status);
+        }
+        let below = Below { layers: rest, sector_size: self.sector_size, sectors: own };
+        let mut deeper = below.block_status(lba, status.sectors)?;
+        deeper.depth += 1;
+        Ok(deeper)
+    }
+}
+
+/// Stands in for a parent that could not be opened: sizes and metadata work, reads fail.
+struct MissingLayer {
+    format: Format,
+    sector_size: u32,
+    size: u64,
+    kind: ErrorKind,
+    reason: String,
+}
+
+impl MissingLayer {
+    fn error(&self) -> Error {
+        Error::new(self.kind, format!("parent image is not available: {}", self.reason))
+    }
+}
+
+impl Layer for MissingLayer {
+    fn format(&self) -> Format {
+        self.format
+    }
+    fn sector_size(&self) -> u32 {
+        self.sector_size
+    }
+    fn virtual_size(&self) -> u64 {
+        self.size
+    }
+    fn is_read_only(&self) -> bool {
+        true
+    }
+    fn read(&self, _lba: u64, _buf: &mut [u8], _below: &dyn Disk) -> Result<()> {
+        Err(self.error())
+    }
+    fn write(&self, _lba: u64, _buf: &[u8], _below: &dyn Disk) -> Result<()> {
+        Err(Error::read_only())
+    }
+    fn discard(&self, _lba: u64, _count: u64, _below: &dyn Disk) -> Result<()> {
+        Err(Error::read_only())
+    }
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+    fn block_status(&self, _lba: u64, _count: u64) -> Result<BlockStatus> {
+        Err(self.error())
+    }
+    fn info(&self) -> LayerInfo {
+        LayerInfo::new(self.format, self.size)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

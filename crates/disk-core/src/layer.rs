@@ -1,0 +1,214 @@
+//! One image file (or one VMDK with its extents) as a layer of a chain.
+//!
+//! Format engines implement [`Layer`]. A layer answers for its own sectors and defers the rest
+//! ([`Allocation::Unallocated`](crate::Allocation::Unallocated)) to the layers below it, which it
+//! receives on every call as one read-only [`Disk`] (`below`): zeros for a standalone image, the
+//! parent chain for a differencing one. [`Image`](crate::Image) stacks layers into a `Disk`.
+
+use crate::disk::{BlockStatus, Disk};
+use crate::error::Result;
+use crate::probe::Format;
+use std::any::Any;
+use uuid::Uuid;
+
+/// A single image layer: one format engine's view of one image.
+pub trait Layer: Send + Sync + Any {
+    /// The image format.
+    fn format(&self) -> Format;
+
+    /// Logical sector size in bytes.
+    fn sector_size(&self) -> u32;
+
+    /// Physical sector size in bytes.
+    fn physical_sector_size(&self) -> u32 {
+        self.sector_size()
+    }
+
+    /// Guest-visible size in bytes.
+    fn virtual_size(&self) -> u64;
+
+    /// The disk's unique identifier, where the format records one.
+    fn disk_id(&self) -> Option<Uuid> {
+        None
+    }
+
+    /// Whether this layer refuses writes.
+    fn is_read_only(&self) -> bool;
+
+    /// Read sectors (range already validated against this layer's size); ranges this layer does
+    /// not hold come from `below`.
+    fn read(&self, lba: u64, buf: &mut [u8], below: &dyn Disk) -> Result<()>;
+
+    /// Write sectors (range validated); `below` supplies data for copy-on-write.
+    fn write(&self, lba: u64, buf: &[u8], below: &dyn Disk) -> Result<()>;
+
+    /// Make sectors read as zeros (range validated). The default writes zero buffers.
+    fn write_zeroes(&self, lba: u64, count: u64, below: &dyn Disk) -> Result<()> {
+        let ss = u64::from(self.sector_size());
+        let per = ((1u64 << 20) / ss).max(1);
+        let zeros = vec![0u8; (per.min(count) * ss) as usize];
+        let mut pos = lba;
+        while pos < lba + count {
+            let n = per.min(lba + count - pos);
+            self.write(pos, &zeros[..(n * ss) as usize], below)?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Discard sectors (range validated): afterwards they read as zeros, never as `below`'s data.
+    fn discard(&self, lba: u64, count: u64, below: &dyn Disk) -> Result<()>;
+
+    /// Make completed writes durable.
+    fn flush(&self) -> Result<()>;
+
+    /// Status of the run starting at `lba` (at most `count` sectors, range validated):
+    /// `Unallocated` means "ask the layers below".
+    fn block_status(&self, lba: u64, count: u64) -> Result<BlockStatus>;
+
+    /// The parent this layer records, if it is a differencing image.
+    fn parent(&self) -> Option<&ParentRef> {
+        None
+    }
+
+    /// Check that `parent` is the image this layer was made against (UUID, linkage GUID, CID).
+    fn verify_parent(&self, parent: &dyn Layer) -> Result<()> {
+        let _ = parent;
+        Ok(())
+    }
+
+    /// What `vdisk info` shows.
+    fn info(&self) -> LayerInfo;
+
+    /// Verify metadata consistency, repairing what `repair` allows.
+    fn check(&self, repair: Repair) -> Result<CheckReport> {
+        let _ = repair;
+        Ok(CheckReport::default())
+    }
+
+    /// For engines that need their concrete type back (parent identity checks).
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A reference from a differencing image to its parent, as recorded in the child.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentRef {
+    /// The parent's format (always the child's for VHD, VHDX and VMDK).
+    pub format: Format,
+    /// Recorded paths to try, best first (e.g. VHD W2ru relative, then W2ku absolute).
+    pub locators: Vec<String>,
+    /// The name to show as `backing-filename`.
+    pub display: String,
+}
+
+/// A value in the format-specific part of `info` (a small JSON-like tree, so that library crates
+/// need no serialisation dependency).
+#[derive(Debug, Clone, PartialEq)]
+pub enum InfoValue {
+    /// Text.
+    Str(String),
+    /// An unsigned number.
+    U64(u64),
+    /// A flag.
+    Bool(bool),
+    /// A list.
+    List(Vec<InfoValue>),
+    /// Named values, in order.
+    Map(Vec<(String, InfoValue)>),
+}
+
+impl From<&str> for InfoValue {
+    fn from(s: &str) -> Self {
+        InfoValue::Str(s.to_string())
+    }
+}
+impl From<String> for InfoValue {
+    fn from(s: String) -> Self {
+        InfoValue::Str(s)
+    }
+}
+impl From<u64> for InfoValue {
+    fn from(n: u64) -> Self {
+        InfoValue::U64(n)
+    }
+}
+impl From<u32> for InfoValue {
+    fn from(n: u32) -> Self {
+        InfoValue::U64(n.into())
+    }
+}
+impl From<bool> for InfoValue {
+    fn from(b: bool) -> Self {
+        InfoValue::Bool(b)
+    }
+}
+
+/// What `info` reports for one layer; field names follow `qemu-img info`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerInfo {
+    /// The format.
+    pub format: Format,
+    /// Guest-visible size in bytes.
+    pub virtual_size: u64,
+    /// Block or grain size; `None` for fixed and raw images.
+    pub cluster_size: Option<u64>,
+    /// The recorded parent name, if any.
+    pub backing_filename: Option<String>,
+    /// The parent's format, if any.
+    pub backing_format: Option<Format>,
+    /// Whether the image needs log replay (VHDX).
+    pub dirty: Option<bool>,
+    /// Format-specific details (`format-specific.data`).
+    pub specific: Vec<(String, InfoValue)>,
+}
+
+impl LayerInfo {
+    /// Info with only format and size set.
+    pub fn new(format: Format, virtual_size: u64) -> Self {
+        LayerInfo {
+            format,
+            virtual_size,
+            cluster_size: None,
+            backing_filename: None,
+            backing_format: None,
+            dirty: None,
+            specific: Vec::new(),
+        }
+    }
+}
+
+/// What `check` may repair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Repair {
+    /// Only report.
+    #[default]
+    None,
+    /// Repair leaks (space allocated but unused).
+    Leaks,
+    /// Repair everything repairable.
+    All,
+}
+
+/// The outcome of a metadata check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Problems that make data wrong or unreadable.
+    pub corruptions: Vec<String>,
+    /// Space allocated but not referenced.
+    pub leaks: Vec<String>,
+    /// Problems fixed by repair.
+    pub repaired: Vec<String>,
+    /// Where the image's used data ends in the file, if known.
+    pub image_end_offset: Option<u64>,
+    /// Allocated blocks/grains, if the format has them.
+    pub allocated_clusters: Option<u64>,
+    /// Total blocks/grains the disk addresses, if the format has them.
+    pub total_clusters: Option<u64>,
+}
+
+impl CheckReport {
+    /// Whether nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.corruptions.is_empty() && self.leaks.is_empty()
+    }
+}

@@ -1,0 +1,52 @@
+//! Shared foundations of the vdisk workspace: the [`Storage`] and [`Disk`] traits, the [`Layer`]
+//! trait format engines implement, chains of images ([`Image`]), the one [`Error`] type, format
+//! probing, CHS geometry, GUID helpers, the raw format, and operations generic over any disk
+//! (copy, compare, map).
+//!
+//! ```
+//! use disk_core::{Disk, Image, MemStorage, RawLayer, bytes};
+//! use std::sync::Arc;
+//!
+//! let storage = Arc::new(MemStorage::new());
+//! storage.set_len(1 << 20).unwrap();
+//! # use disk_core::Storage;
+//! let disk = Image::single(Box::new(RawLayer::open(storage, true)?), None);
+//! bytes::write_bytes(&disk, 1000, b"hello")?;
+//! let mut buf = [0u8; 5];
+//! bytes::read_bytes(&disk, 1000, &mut buf)?;
+//! assert_eq!(&buf, b"hello");
+//! assert_eq!(disk.sector_count(), 2048);
+//! # Ok::<(), disk_core::Error>(())
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod bytes;
+mod disk;
+mod driver;
+mod error;
+pub mod geometry;
+pub mod guid;
+mod image;
+mod layer;
+pub mod ops;
+mod options;
+mod probe;
+mod raw;
+mod resolve;
+mod storage;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+
+pub use disk::{Allocation, BlockStatus, Disk, SectorRange, write_zero_buffers};
+pub use driver::{BackingSpec, CreateSpec, Driver, FileCreator, NoExtraFiles, OpenContext};
+pub use error::{Error, ErrorContext, ErrorKind, IoResultExt, Result, ResultExt, display_chain};
+pub use image::{Image, MissingParent, OpenOptions};
+pub use layer::{CheckReport, InfoValue, Layer, LayerInfo, ParentRef, Repair};
+pub use options::{Options, parse_size};
+pub use probe::{Format, probe, vhd_footer_checksum_ok};
+pub use raw::{RawDriver, RawLayer};
+pub use resolve::{
+    DenyExternal, FileKind, FileRequest, FsPolicy, FsResolver, MemResolver, Opened, Resolver, recorded_to_path,
+};
+pub use storage::{FileStorage, MemStorage, Storage};

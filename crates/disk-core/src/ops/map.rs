@@ -1,0 +1,63 @@
+//! The allocation map of a disk (a whole chain), as `qemu-img map` prints it.
+
+use crate::disk::{Allocation, Disk};
+use crate::error::Result;
+
+/// One run of the map, in bytes of the guest view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapEntry {
+    /// First byte.
+    pub start: u64,
+    /// Length in bytes.
+    pub length: u64,
+    /// Which layer holds it (0 = the named image); for unallocated runs, the deepest layer asked.
+    pub depth: u32,
+    /// Allocated in some layer (data or an explicit zero).
+    pub present: bool,
+    /// Reads as zeros.
+    pub zero: bool,
+    /// Backed by stored data.
+    pub data: bool,
+    /// Where the data lies in its layer's file, when contiguous and uncompressed.
+    pub offset: Option<u64>,
+}
+
+impl MapEntry {
+    fn extends(&self, next: &MapEntry) -> bool {
+        self.start + self.length == next.start
+            && (self.depth, self.present, self.zero, self.data) == (next.depth, next.present, next.zero, next.data)
+            && match (self.offset, next.offset) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a + self.length == b,
+                _ => false,
+            }
+    }
+}
+
+/// The map of the whole disk: adjacent runs with equal properties are merged.
+pub fn map(disk: &dyn Disk) -> Result<Vec<MapEntry>> {
+    let ss = u64::from(disk.sector_size());
+    let sectors = disk.sector_count();
+    let size = disk.virtual_size();
+    let mut out: Vec<MapEntry> = Vec::new();
+    let mut lba = 0u64;
+    while lba < sectors {
+        let st = disk.block_status(lba, sectors - lba)?;
+        let start = lba * ss;
+        let entry = MapEntry {
+            start,
+            length: (st.sectors * ss).min(size - start),
+            depth: st.depth,
+            present: st.allocation != Allocation::Unallocated,
+            zero: st.allocation != Allocation::Data,
+            data: st.allocation == Allocation::Data,
+            offset: st.offset,
+        };
+        match out.last_mut() {
+            Some(last) if last.extends(&entry) => last.length += entry.length,
+            _ => out.push(entry),
+        }
+        lba += st.sectors.max(1);
+    }
+    Ok(out)
+}

@@ -1,0 +1,22 @@
+//! Operations generic over any [`Disk`](crate::Disk): copy, compare, allocation map.
+
+mod compare;
+mod copy;
+mod map;
+
+pub use compare::{Comparison, compare};
+pub use copy::{CopyOptions, CopyStats, copy};
+pub use map::{MapEntry, map};
+
+use crate::disk::{Allocation, Disk};
+use crate::error::Result;
+
+/// The byte run starting at `offset` (a multiple of the sector size) and its allocation, looking
+/// at no more than `max` bytes.
+pub(crate) fn byte_status<D: Disk + ?Sized>(disk: &D, offset: u64, max: u64) -> Result<(Allocation, u64)> {
+    let ss = u64::from(disk.sector_size());
+    let lba = offset / ss;
+    let count = max.div_ceil(ss).min(disk.sector_count() - lba).max(1);
+    let st = disk.block_status(lba, count)?;
+    Ok((st.allocation, (st.sectors * ss).min(max)))
+}

@@ -1,0 +1,118 @@
+//! The raw format: byte N of the file is byte N of the disk.
+
+use crate::disk::{Allocation, BlockStatus, Disk};
+use crate::driver::{CreateSpec, Driver, OpenContext};
+use crate::error::{Error, IoResultExt, Result};
+use crate::layer::{Layer, LayerInfo};
+use crate::probe::Format;
+use crate::storage::Storage;
+use std::any::Any;
+use std::sync::Arc;
+
+/// Raw images always present 512-byte sectors.
+const SECTOR: u32 = 512;
+
+/// A raw image: the file is the disk.
+#[derive(Debug)]
+pub struct RawLayer {
+    storage: Arc<dyn Storage>,
+    size: u64,
+    read_only: bool,
+}
+
+impl RawLayer {
+    /// Wrap `storage`; the virtual size is its current length.
+    pub fn open(storage: Arc<dyn Storage>, writable: bool) -> Result<Self> {
+        let size = storage.len().io_context("reading the file size", 0)?;
+        Ok(RawLayer { storage, size, read_only: !writable })
+    }
+
+    /// Bytes of `[offset, offset+len)` that lie inside the file (a raw file of odd length has a
+    /// last sector that is partly past its end).
+    fn inside(&self, offset: u64, len: usize) -> usize {
+        usize::try_from(self.size.saturating_sub(offset)).unwrap_or(usize::MAX).min(len)
+    }
+}
+
+impl Layer for RawLayer {
+    fn format(&self) -> Format {
+        Format::Raw
+    }
+    fn sector_size(&self) -> u32 {
+        SECTOR
+    }
+    fn virtual_size(&self) -> u64 {
+        self.size
+    }
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+    fn read(&self, lba: u64, buf: &mut [u8], _below: &dyn Disk) -> Result<()> {
+        let offset = lba * u64::from(SECTOR);
+        let n = self.inside(offset, buf.len());
+        let (head, tail) = buf.split_at_mut(n);
+        self.storage.read_at(head, offset).io_context("reading raw image", offset)?;
+        tail.fill(0);
+        Ok(())
+    }
+    fn write(&self, lba: u64, buf: &[u8], _below: &dyn Disk) -> Result<()> {
+        if self.read_only {
+            return Err(Error::read_only());
+        }
+        let offset = lba * u64::from(SECTOR);
+        let n = self.inside(offset, buf.len());
+        self.storage.write_at(&buf[..n], offset).io_context("writing raw image", offset)
+    }
+    fn write_zeroes(&self, lba: u64, count: u64, below: &dyn Disk) -> Result<()> {
+        self.discard(lba, count, below)
+    }
+    fn discard(&self, lba: u64, count: u64, _below: &dyn Disk) -> Result<()> {
+        if self.read_only {
+            return Err(Error::read_only());
+        }
+        let offset = lba * u64::from(SECTOR);
+        let len = (count * u64::from(SECTOR)).min(self.size.saturating_sub(offset));
+        self.storage.punch_hole(offset, len).io_context("punching a hole", offset)
+    }
+    fn flush(&self) -> Result<()> {
+        self.storage.flush().io_context("flushing raw image", 0)
+    }
+    fn block_status(&self, lba: u64, count: u64) -> Result<BlockStatus> {
+        let ss = u64::from(SECTOR);
+        let offset = lba * ss;
+        let (data, bytes) = self.storage.allocation(offset, count * ss).io_context("querying holes", offset)?;
+        let sectors = if data { bytes.div_ceil(ss) } else { bytes / ss }.min(count);
+        Ok(if data || sectors == 0 {
+            BlockStatus::data_at(sectors.max(1), offset)
+        } else {
+            BlockStatus::new(sectors, Allocation::Zero)
+        })
+    }
+    fn info(&self) -> LayerInfo {
+        LayerInfo::new(Format::Raw, self.size)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// The raw format's [`Driver`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawDriver;
+
+impl Driver for RawDriver {
+    fn format(&self) -> Format {
+        Format::Raw
+    }
+    fn open(&self, storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Result<Box<dyn Layer>> {
+        Ok(Box::new(RawLayer::open(storage, ctx.writable)?))
+    }
+    fn create(&self, storage: &dyn Storage, spec: CreateSpec<'_>) -> Result<()> {
+        spec.options.finish()?;
+        if spec.backing.is_some() {
+            return Err(Error::invalid_argument("raw images cannot have a backing file"));
+        }
+        storage.set_len(spec.size).io_context("setting the raw image size", 0)?;
+        storage.flush().io_context("flushing the new image", 0)
+    }
+}

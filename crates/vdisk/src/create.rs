@@ -1,0 +1,111 @@
+//! Creating images of any format.
+
+use crate::{Format, Image, OpenOptions, driver, open};
+use disk_core::{
+    BackingSpec, CreateSpec, Error, FileCreator, FileStorage, FsPolicy, FsResolver, Options, Resolver, Result, Storage,
+    recorded_to_path,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What [`create`] makes.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// The format.
+    pub format: Format,
+    /// Virtual size in bytes; `None` takes the backing file's size.
+    pub size: Option<u64>,
+    /// Format options (`-o`).
+    pub options: Options,
+    /// The parent name to record (relative names are relative to the new image's directory).
+    pub backing: Option<String>,
+    /// The parent's format (probed when `None`).
+    pub backing_format: Option<Format>,
+    /// The gate for opening the parent chain (default: the host file system, any path).
+    pub resolver: Arc<dyn Resolver>,
+}
+
+impl CreateOptions {
+    /// A standalone image of `format` and `size` bytes with default options.
+    pub fn new(format: Format, size: u64) -> Self {
+        CreateOptions {
+            format,
+            size: Some(size),
+            options: Options::new(),
+            backing: None,
+            backing_format: None,
+            resolver: Arc::new(FsResolver::new(FsPolicy::Any)),
+        }
+    }
+}
+
+/// Creates extra files (VMDK extents) beside the image being created.
+struct SiblingFiles {
+    dir: PathBuf,
+    created: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+impl FileCreator for SiblingFiles {
+    fn create_file(&self, name: &str) -> Result<Arc<dyn Storage>> {
+        if name.contains(['/', '\\']) || name == ".." || name.is_empty() {
+            return Err(Error::invalid_argument(format!("extra file name '{name}' must be a plain file name")));
+        }
+        let path = self.dir.join(name);
+        let storage = FileStorage::create(&path, true).map_err(|e| Error::io(e, "creating file").with_file(&path))?;
+        self.created.lock().unwrap_or_else(|e| e.into_inner()).push(path);
+        Ok(Arc::new(storage))
+    }
+}
+
+/// Create a new image at `path`, replacing any file there only once the new image is complete
+/// (it is written to a temporary name and renamed), so a failed create leaves an existing file
+/// untouched.
+pub fn create(path: impl AsRef<Path>, options: &CreateOptions) -> Result<()> {
+    let path = path.as_ref();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid_argument("the image path has no file name"))?
+        .to_string_lossy()
+        .into_owned();
+
+    let parent = match &options.backing {
+        Some(recorded) => {
+            let parent_path = recorded_to_path(recorded, Some(path))
+                .ok_or_else(|| Error::invalid_argument(format!("backing file '{recorded}' is not a usable path")))?;
+            let open_opts = OpenOptions::new().format(options.backing_format).resolver(options.resolver.clone());
+            let image = open(&parent_path, &open_opts)?;
+            Some((recorded.clone(), parent_path.canonicalize().unwrap_or(parent_path), image))
+        }
+        None => None,
+    };
+    let size = match (options.size, &parent) {
+        (Some(s), _) => s,
+        (None, Some((_, _, image))) => disk_core::Disk::virtual_size(image),
+        (None, None) => return Err(Error::invalid_argument("an image size is required")),
+    };
+    let backing = parent.as_ref().map(|(recorded, absolute, image): &(String, PathBuf, Image)| BackingSpec {
+        recorded: recorded.clone(),
+        absolute: Some(absolute.as_path()),
+        image,
+    });
+
+    let temp = dir.join(format!(".{file_name}.vdisk-tmp-{}", std::process::id()));
+    let files = SiblingFiles { dir: dir.clone(), created: Default::default() };
+    let result = (|| {
+        let storage = FileStorage::create(&temp, true).map_err(|e| Error::io(e, "creating image").with_file(&temp))?;
+        let spec = CreateSpec { size, options: options.options.clone(), backing, path: Some(path), files: &files };
+        driver(options.format)?.create(&storage, spec)?;
+        std::fs::rename(&temp, path).map_err(|e| Error::io(e, "renaming the new image into place").with_file(path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+        for extra in files.created.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = std::fs::remove_file(extra);
+        }
+    }
+    result.map_err(|e| e.with_file(path))
+}

@@ -1,0 +1,76 @@
+//! Open, create, convert and compare VHD, VHDX, VMDK and raw disk images.
+//!
+//! This facade re-exports the workspace's crates and adds format dispatch: [`open`] probes an
+//! image's format and assembles it with its parents into one [`Image`] (a [`Disk`]); [`create`]
+//! makes a new image of any format; [`convert`] copies any disk into a new image.
+//!
+//! ```
+//! use vdisk::{CreateOptions, Disk, Format, OpenOptions, bytes};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("disk.img");
+//! vdisk::create(&path, &CreateOptions::new(Format::Raw, 1 << 20))?;
+//!
+//! let disk = vdisk::open(&path, &OpenOptions::new().writable(true))?;
+//! bytes::write_bytes(&disk, 4096, b"hello")?;
+//! disk.flush()?;
+//!
+//! let disk = vdisk::open(&path, &OpenOptions::new())?;
+//! let mut buf = [0u8; 5];
+//! bytes::read_bytes(&disk, 4096, &mut buf)?;
+//! assert_eq!(&buf, b"hello");
+//! assert_eq!(disk.info().format, Format::Raw);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Images that name other files (parents, VMDK extents) open them only through the resolver in
+//! [`OpenOptions::resolver`]; the default refuses, so untrusted images cannot make this library
+//! read arbitrary host files. Pass [`FsResolver`] with [`FsPolicy::Any`] for a person's own
+//! images, as `qemu-img` would.
+
+#![forbid(unsafe_code)]
+
+mod convert;
+mod create;
+mod registry;
+
+pub use convert::{ConvertOptions, convert};
+pub use create::{CreateOptions, create};
+pub use registry::{driver, drivers};
+
+pub use disk_core::{
+    self, Allocation, BlockStatus, CheckReport, DenyExternal, Disk, Error, ErrorKind, Format, FsPolicy,
+    FsResolver, Image, InfoValue, Layer, LayerInfo, MemResolver, MemStorage, MissingParent, OpenOptions,
+    Options, Repair, Resolver, Result, Storage, bytes, ops, parse_size, probe,
+};
+pub use disk_resize;
+pub use vhd1;
+pub use vhdx;
+pub use vmdk;
+
+use disk_core::{FileStorage, ResultExt};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Open the image at `path` with its parents (as far as `options.resolver` allows).
+pub fn open(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Image> {
+    let path = path.as_ref();
+    let storage = FileStorage::open(path, options.writable)
+        .map_err(|e| Error::io(e, "cannot open image").with_file(path))?;
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    open_storage(Arc::new(storage), Some(&canonical), options).with_file(path)
+}
+
+/// Open an image held in any [`Storage`] (e.g. in memory). `name` is its path, for probing
+/// tie-breaks and for resolving the relative names it records.
+pub fn open_storage(storage: Arc<dyn Storage>, name: Option<&Path>, options: &OpenOptions) -> Result<Image> {
+    let format = match options.format {
+        Some(f) => f,
+        None => probe(&*storage, name).map_err(|e| Error::io(e, "probing the image format"))?,
+    };
+    let ctx = options.context(name, options.writable);
+    let top = driver(format)?.open(storage, &ctx)?;
+    Image::open_chain(top, name.map(Path::to_path_buf), options, &|format, storage, ctx| {
+        driver(format)?.open(storage, ctx)
+    })
+}
