@@ -29,6 +29,7 @@ pub mod geometry;
 pub mod guid;
 mod image;
 mod layer;
+pub mod mapping;
 pub mod ops;
 mod options;
 mod probe;
