@@ -87,7 +87,11 @@ pub fn zero_bytes<D: Disk + ?Sized>(disk: &D, offset: u64, len: u64, unmap: bool
         write_bytes(disk, offset, &vec![0u8; (first_full - offset) as usize])?;
     }
     let (lba, count) = (first_full / ss, (last_full - first_full) / ss);
-    if unmap { disk.discard(lba, count)? } else { disk.write_zeroes(lba, count)? }
+    if unmap {
+        disk.discard(lba, count)?
+    } else {
+        disk.write_zeroes(lba, count)?
+    }
     if last_full < end {
         write_bytes(disk, last_full, &vec![0u8; (end - last_full) as usize])?;
     }

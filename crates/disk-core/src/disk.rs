@@ -31,12 +31,22 @@ pub struct BlockStatus {
 impl BlockStatus {
     /// A run of `sectors` with `allocation`, not tied to a host offset, at depth 0.
     pub fn new(sectors: u64, allocation: Allocation) -> Self {
-        BlockStatus { sectors, allocation, offset: None, depth: 0 }
+        BlockStatus {
+            sectors,
+            allocation,
+            offset: None,
+            depth: 0,
+        }
     }
 
     /// A run of stored data at host byte `offset`.
     pub fn data_at(sectors: u64, offset: u64) -> Self {
-        BlockStatus { sectors, allocation: Allocation::Data, offset: Some(offset), depth: 0 }
+        BlockStatus {
+            sectors,
+            allocation: Allocation::Data,
+            offset: Some(offset),
+            depth: 0,
+        }
     }
 }
 
@@ -116,7 +126,7 @@ impl SectorRange {
     /// Check a byte buffer for a read or write at `lba`: whole sectors, inside the disk.
     pub fn for_buffer<D: Disk + ?Sized>(disk: &D, lba: u64, len: usize) -> Result<Self> {
         let ss = disk.sector_size();
-        if len % ss as usize != 0 {
+        if !len.is_multiple_of(ss as usize) {
             return Err(Error::invalid_argument(format!(
                 "buffer of {len} bytes is not a whole number of {ss}-byte sectors"
             )));
@@ -127,7 +137,11 @@ impl SectorRange {
     /// Check `count` sectors from `lba` against a disk of `sector_count` sectors.
     pub fn within(sector_size: u32, sector_count: u64, lba: u64, count: u64) -> Result<Self> {
         match lba.checked_add(count) {
-            Some(end) if end <= sector_count => Ok(SectorRange { lba, count, sector_size }),
+            Some(end) if end <= sector_count => Ok(SectorRange {
+                lba,
+                count,
+                sector_size,
+            }),
             _ => Err(Error::out_of_range(format!(
                 "sectors {lba}+{count} lie outside the disk of {sector_count} sectors"
             ))),

@@ -26,7 +26,12 @@ pub struct OpenContext<'a> {
 impl OpenContext<'_> {
     /// Open a file the image names (an extent), through the caller's resolver.
     pub fn open_external(&self, recorded: &str, kind: FileKind) -> Result<Opened> {
-        self.resolver.open(&FileRequest { referrer: self.path, recorded, kind, writable: self.writable })
+        self.resolver.open(&FileRequest {
+            referrer: self.path,
+            recorded,
+            kind,
+            writable: self.writable,
+        })
     }
 }
 
@@ -66,9 +71,16 @@ pub struct NoExtraFiles;
 
 impl FileCreator for NoExtraFiles {
     fn create_file(&self, name: &str) -> Result<Arc<dyn Storage>> {
-        Err(Error::new(ErrorKind::ExternalFileDenied, format!("cannot create extra file '{name}' here")))
+        Err(Error::new(
+            ErrorKind::ExternalFileDenied,
+            format!("cannot create extra file '{name}' here"),
+        ))
     }
 }
+
+/// Opens one image of a given format (the facade dispatches to the right [`Driver`]); used by
+/// [`Image::open_chain`] for parents.
+pub type LayerOpener<'a> = dyn Fn(Format, Arc<dyn Storage>, &OpenContext<'_>) -> Result<Box<dyn Layer>> + 'a;
 
 /// A format engine.
 pub trait Driver: Send + Sync {

@@ -85,7 +85,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A new error of `kind` with a message saying what went wrong.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), context: ErrorContext::default(), source: None }
+        Error {
+            kind,
+            message: message.into(),
+            context: ErrorContext::default(),
+            source: None,
+        }
     }
 
     /// Metadata is damaged or inconsistent.
@@ -177,10 +182,10 @@ impl fmt::Display for Error {
         if let Some(file) = &self.context.file {
             write!(f, "{}: ", file.display())?;
         }
-        if let Some(structure) = self.context.structure {
-            if !self.message.starts_with(structure) {
-                write!(f, "{structure}: ")?;
-            }
+        if let Some(structure) = self.context.structure
+            && !self.message.starts_with(structure)
+        {
+            write!(f, "{structure}: ")?;
         }
         f.write_str(&self.message)?;
         if let Some(offset) = self.context.offset {
@@ -239,13 +244,19 @@ mod tests {
             .in_structure("BAT")
             .at_offset(0x1000)
             .with_file("disk.vhdx");
-        assert_eq!(e.to_string(), "disk.vhdx: BAT: entry 17 points past end of file (offset 0x1000)");
+        assert_eq!(
+            e.to_string(),
+            "disk.vhdx: BAT: entry 17 points past end of file (offset 0x1000)"
+        );
         assert_eq!(e.kind(), ErrorKind::Corrupt);
     }
 
     #[test]
     fn io_kinds_are_classified_and_chained() {
-        let e = Error::io(io::Error::new(io::ErrorKind::UnexpectedEof, "short read"), "reading footer");
+        let e = Error::io(
+            io::Error::new(io::ErrorKind::UnexpectedEof, "short read"),
+            "reading footer",
+        );
         assert_eq!(e.kind(), ErrorKind::Corrupt);
         assert_eq!(display_chain(&e), "reading footer: short read");
         let e = Error::io(io::Error::from(io::ErrorKind::NotFound), "opening parent");
@@ -254,7 +265,11 @@ mod tests {
 
     #[test]
     fn innermost_context_wins() {
-        let e = Error::corrupt("x").with_file("inner").with_file("outer").at_offset(1).at_offset(2);
+        let e = Error::corrupt("x")
+            .with_file("inner")
+            .with_file("outer")
+            .at_offset(1)
+            .at_offset(2);
         assert_eq!(e.context().file.as_deref(), Some(Path::new("inner")));
         assert_eq!(e.context().offset, Some(1));
     }

@@ -13,7 +13,11 @@ pub struct Chs {
 
 impl Chs {
     /// The largest geometry the VHD footer can express: 65535/16/255.
-    pub const MAX: Chs = Chs { cylinders: 65535, heads: 16, sectors_per_track: 255 };
+    pub const MAX: Chs = Chs {
+        cylinders: 65535,
+        heads: 16,
+        sectors_per_track: 255,
+    };
 
     /// The geometry the VHD specification (appendix "CHS Calculation") derives for a disk of
     /// `total_sectors` 512-byte sectors. Disks past the maximum get [`Chs::MAX`].

@@ -1,7 +1,7 @@
 //! A chain of layers (an image and its parents) presented as one [`Disk`].
 
 use crate::disk::{Allocation, BlockStatus, Disk, SectorRange};
-use crate::driver::OpenContext;
+use crate::driver::{LayerOpener, OpenContext};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layer::{Layer, LayerInfo};
 use crate::probe::Format;
@@ -81,7 +81,12 @@ impl OpenOptions {
 
     /// The context an engine gets for an image at `path`.
     pub fn context<'a>(&'a self, path: Option<&'a Path>, writable: bool) -> OpenContext<'a> {
-        OpenContext { path, writable, resolver: &*self.resolver, lenient: self.lenient }
+        OpenContext {
+            path,
+            writable,
+            resolver: &*self.resolver,
+            lenient: self.lenient,
+        }
     }
 }
 
@@ -98,14 +103,18 @@ pub struct Image {
 
 impl std::fmt::Debug for Image {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.layers.iter().map(|l| (l.layer.format(), &l.path))).finish()
+        f.debug_list()
+            .entries(self.layers.iter().map(|l| (l.layer.format(), &l.path)))
+            .finish()
     }
 }
 
 impl Image {
     /// An image of a single layer (no parent opened, even if the layer names one).
     pub fn single(layer: Box<dyn Layer>, path: Option<PathBuf>) -> Self {
-        Image { layers: vec![ChainLayer { layer, path }] }
+        Image {
+            layers: vec![ChainLayer { layer, path }],
+        }
     }
 
     /// Open the parents of `top` (opened from `top_path`) as its records say, through the
@@ -115,48 +124,62 @@ impl Image {
         top: Box<dyn Layer>,
         top_path: Option<PathBuf>,
         options: &OpenOptions,
-        open_layer: &dyn Fn(Format, Arc<dyn crate::Storage>, &OpenContext<'_>) -> Result<Box<dyn Layer>>,
+        open_layer: &LayerOpener<'_>,
     ) -> Result<Image> {
         let mut image = Image::single(top, top_path);
-        let mut seen: Vec<PathBuf> = image.layers[0].path.iter().map(|p| p.canonicalize().unwrap_or(p.clone())).collect();
+        let mut seen: Vec<PathBuf> = image.layers[0]
+            .path
+            .iter()
+            .map(|p| p.canonicalize().unwrap_or(p.clone()))
+            .collect();
         loop {
             let current = image.layers.last().expect("a chain has a top layer");
-            let Some(parent_ref) = current.layer.parent().cloned() else { break };
+            let Some(parent_ref) = current.layer.parent().cloned() else {
+                break;
+            };
             let child_path = current.path.clone();
-            let opened = Self::resolve_parent(&*options.resolver, child_path.as_deref(), &parent_ref.locators, &parent_ref.display)
-                .and_then(|opened| {
-                    if image.layers.len() >= options.max_chain_depth {
-                        return Err(Error::new(
-                            ErrorKind::Unsupported,
-                            format!("backing chain is deeper than {} images", options.max_chain_depth),
-                        ));
-                    }
-                    if seen.contains(&opened.path) {
-                        return Err(Error::corrupt(format!(
-                            "backing chain loops back to '{}'",
-                            opened.path.display()
-                        )));
-                    }
-                    let ctx = options.context(Some(&opened.path), false);
-                    let layer = open_layer(parent_ref.format, opened.storage.clone(), &ctx)
-                        .map_err(|e| e.with_file(&opened.path))?;
-                    let child = &image.layers.last().expect("top").layer;
-                    if options.verify_parents {
-                        child.verify_parent(&*layer)?;
-                    }
-                    if layer.sector_size() != child.sector_size() {
-                        return Err(Error::unsupported(format!(
-                            "parent has {}-byte sectors but the child has {}-byte sectors",
-                            layer.sector_size(),
-                            child.sector_size()
-                        )));
-                    }
-                    Ok((layer, opened.path))
-                });
+            let opened = Self::resolve_parent(
+                &*options.resolver,
+                child_path.as_deref(),
+                &parent_ref.locators,
+                &parent_ref.display,
+            )
+            .and_then(|opened| {
+                if image.layers.len() >= options.max_chain_depth {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        format!("backing chain is deeper than {} images", options.max_chain_depth),
+                    ));
+                }
+                if seen.contains(&opened.path) {
+                    return Err(Error::corrupt(format!(
+                        "backing chain loops back to '{}'",
+                        opened.path.display()
+                    )));
+                }
+                let ctx = options.context(Some(&opened.path), false);
+                let layer = open_layer(parent_ref.format, opened.storage.clone(), &ctx)
+                    .map_err(|e| e.with_file(&opened.path))?;
+                let child = &image.layers.last().expect("top").layer;
+                if options.verify_parents {
+                    child.verify_parent(&*layer)?;
+                }
+                if layer.sector_size() != child.sector_size() {
+                    return Err(Error::unsupported(format!(
+                        "parent has {}-byte sectors but the child has {}-byte sectors",
+                        layer.sector_size(),
+                        child.sector_size()
+                    )));
+                }
+                Ok((layer, opened.path))
+            });
             match opened {
                 Ok((layer, path)) => {
                     seen.push(path.clone());
-                    image.layers.push(ChainLayer { layer, path: Some(path) });
+                    image.layers.push(ChainLayer {
+                        layer,
+                        path: Some(path),
+                    });
                 }
                 Err(e) if options.missing_parent == MissingParent::Placeholder => {
                     let child = &image.layers.last().expect("top").layer;
@@ -167,7 +190,10 @@ impl Image {
                         kind: e.kind(),
                         reason: crate::error::display_chain(&e),
                     };
-                    image.layers.push(ChainLayer { layer: Box::new(placeholder), path: None });
+                    image.layers.push(ChainLayer {
+                        layer: Box::new(placeholder),
+                        path: None,
+                    });
                     break;
                 }
                 Err(e) => return Err(e.with_file(child_path.unwrap_or_default())),
@@ -176,10 +202,20 @@ impl Image {
         Ok(image)
     }
 
-    fn resolve_parent(resolver: &dyn Resolver, child: Option<&Path>, locators: &[String], display: &str) -> Result<Opened> {
+    fn resolve_parent(
+        resolver: &dyn Resolver,
+        child: Option<&Path>,
+        locators: &[String],
+        display: &str,
+    ) -> Result<Opened> {
         let mut first_error = None;
         for recorded in locators {
-            match resolver.open(&FileRequest { referrer: child, recorded, kind: FileKind::Parent, writable: false }) {
+            match resolver.open(&FileRequest {
+                referrer: child,
+                recorded,
+                kind: FileKind::Parent,
+                writable: false,
+            }) {
                 Ok(o) => return Ok(o),
                 Err(e) if e.kind() == ErrorKind::ExternalFileDenied => return Err(e),
                 Err(e) => {
@@ -187,9 +223,8 @@ impl Image {
                 }
             }
         }
-        Err(first_error.unwrap_or_else(|| {
-            Error::new(ErrorKind::NotFound, format!("parent '{display}' has no usable locator"))
-        }))
+        Err(first_error
+            .unwrap_or_else(|| Error::new(ErrorKind::NotFound, format!("parent '{display}' has no usable locator"))))
     }
 
     /// The top layer (the image that was named).
@@ -218,7 +253,11 @@ impl Image {
     }
 
     fn below_top(&self) -> Below<'_> {
-        Below { layers: &self.layers[1..], sector_size: self.top().sector_size(), sectors: self.sector_count() }
+        Below {
+            layers: &self.layers[1..],
+            sector_size: self.top().sector_size(),
+            sectors: self.sector_count(),
+        }
     }
 }
 
@@ -286,8 +325,12 @@ impl Disk for Image {
         if count == 0 {
             return Err(Error::invalid_argument("block status of zero sectors"));
         }
-        Below { layers: &self.layers, sector_size: self.sector_size(), sectors: self.sector_count() }
-            .block_status(lba, count)
+        Below {
+            layers: &self.layers,
+            sector_size: self.sector_size(),
+            sectors: self.sector_count(),
+        }
+        .block_status(lba, count)
     }
 }
 
@@ -320,7 +363,11 @@ impl Disk for Below<'_> {
         let split = (inside * u64::from(self.sector_size)) as usize;
         let (head, tail) = buf.split_at_mut(split);
         if inside > 0 {
-            let below = Below { layers: rest, sector_size: self.sector_size, sectors: own };
+            let below = Below {
+                layers: rest,
+                sector_size: self.sector_size,
+                sectors: own,
+            };
             next.layer.read(lba, head, &below).map_err(|e| match &next.path {
                 Some(p) => e.with_file(p),
                 None => e,
@@ -351,7 +398,11 @@ impl Disk for Below<'_> {
         if status.allocation != Allocation::Unallocated || rest.is_empty() {
             return Ok(status);
         }
-        let below = Below { layers: rest, sector_size: self.sector_size, sectors: own };
+        let below = Below {
+            layers: rest,
+            sector_size: self.sector_size,
+            sectors: own,
+        };
         let mut deeper = below.block_status(lba, status.sectors)?;
         deeper.depth += 1;
         Ok(deeper)

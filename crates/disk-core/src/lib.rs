@@ -40,7 +40,7 @@ mod storage;
 pub mod testing;
 
 pub use disk::{Allocation, BlockStatus, Disk, SectorRange, write_zero_buffers};
-pub use driver::{BackingSpec, CreateSpec, Driver, FileCreator, NoExtraFiles, OpenContext};
+pub use driver::{BackingSpec, CreateSpec, Driver, FileCreator, LayerOpener, NoExtraFiles, OpenContext};
 pub use error::{Error, ErrorContext, ErrorKind, IoResultExt, Result, ResultExt, display_chain};
 pub use image::{Image, MissingParent, OpenOptions};
 pub use layer::{CheckReport, InfoValue, Layer, LayerInfo, ParentRef, Repair};

@@ -30,7 +30,11 @@ pub fn parse_size(text: &str) -> Result<u64> {
             n.checked_mul(1u64 << shift).ok_or_else(too_big)
         }
         Some((whole, frac)) => {
-            let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad())? };
+            let whole: u64 = if whole.is_empty() {
+                0
+            } else {
+                whole.parse().map_err(|_| bad())?
+            };
             if frac.is_empty() || frac.len() > 18 || !frac.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(bad());
             }
@@ -38,8 +42,10 @@ pub fn parse_size(text: &str) -> Result<u64> {
             let frac_n: u128 = frac.parse().map_err(|_| bad())?;
             let unit = 1u128 << shift;
             let frac_bytes = frac_n * unit;
-            if frac_bytes % denom != 0 {
-                return Err(Error::invalid_argument(format!("size '{text}' is not a whole number of bytes")));
+            if !frac_bytes.is_multiple_of(denom) {
+                return Err(Error::invalid_argument(format!(
+                    "size '{text}' is not a whole number of bytes"
+                )));
             }
             let total = u128::from(whole) * unit + frac_bytes / denom;
             u64::try_from(total).map_err(|_| too_big())
@@ -140,7 +146,10 @@ impl Options {
     /// Remove `key` and parse it as an unsigned integer.
     pub fn take_u64(&mut self, key: &str) -> Result<Option<u64>> {
         self.take_str(key)
-            .map(|v| v.parse().map_err(|_| Error::invalid_argument(format!("option {key}: '{v}' is not a number"))))
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| Error::invalid_argument(format!("option {key}: '{v}' is not a number")))
+            })
             .transpose()
     }
 

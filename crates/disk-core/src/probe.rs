@@ -143,7 +143,9 @@ fn is_vmdk_descriptor(head: &[u8]) -> bool {
     if text.is_empty() || text.iter().any(|&b| b < 0x09 || (b > 0x0d && b < 0x20 && b != 0x1b)) {
         return false;
     }
-    let Ok(text) = std::str::from_utf8(text) else { return false };
+    let Ok(text) = std::str::from_utf8(text) else {
+        return false;
+    };
     let mut saw_version = false;
     for line in text.lines() {
         let line = line.trim();
@@ -186,7 +188,10 @@ mod tests {
         assert_eq!(probe_bytes(b"vhdxfile\0\0", None), Format::Vhdx);
         assert_eq!(probe_bytes(b"KDMV\x01\0\0\0", None), Format::Vmdk);
         assert_eq!(probe_bytes(b"COWD\x01\0\0\0", None), Format::Vmdk);
-        assert_eq!(probe_bytes(&[0xbe, 0xba, 0xfe, 0xca, 0, 0, 0, 0, 1], None), Format::Vmdk);
+        assert_eq!(
+            probe_bytes(&[0xbe, 0xba, 0xfe, 0xca, 0, 0, 0, 0, 1], None),
+            Format::Vmdk
+        );
         assert_eq!(probe_bytes(b"conectix", None), Format::Vhd);
         let desc = b"# Disk DescriptorFile\nversion=1\nCID=fffffffe\ncreateType=\"monolithicFlat\"\n";
         assert_eq!(probe_bytes(desc, None), Format::Vmdk);

@@ -24,13 +24,19 @@ impl RawLayer {
     /// Wrap `storage`; the virtual size is its current length.
     pub fn open(storage: Arc<dyn Storage>, writable: bool) -> Result<Self> {
         let size = storage.len().io_context("reading the file size", 0)?;
-        Ok(RawLayer { storage, size, read_only: !writable })
+        Ok(RawLayer {
+            storage,
+            size,
+            read_only: !writable,
+        })
     }
 
     /// Bytes of `[offset, offset+len)` that lie inside the file (a raw file of odd length has a
     /// last sector that is partly past its end).
     fn inside(&self, offset: u64, len: usize) -> usize {
-        usize::try_from(self.size.saturating_sub(offset)).unwrap_or(usize::MAX).min(len)
+        usize::try_from(self.size.saturating_sub(offset))
+            .unwrap_or(usize::MAX)
+            .min(len)
     }
 }
 
@@ -51,7 +57,9 @@ impl Layer for RawLayer {
         let offset = lba * u64::from(SECTOR);
         let n = self.inside(offset, buf.len());
         let (head, tail) = buf.split_at_mut(n);
-        self.storage.read_at(head, offset).io_context("reading raw image", offset)?;
+        self.storage
+            .read_at(head, offset)
+            .io_context("reading raw image", offset)?;
         tail.fill(0);
         Ok(())
     }
@@ -61,7 +69,9 @@ impl Layer for RawLayer {
         }
         let offset = lba * u64::from(SECTOR);
         let n = self.inside(offset, buf.len());
-        self.storage.write_at(&buf[..n], offset).io_context("writing raw image", offset)
+        self.storage
+            .write_at(&buf[..n], offset)
+            .io_context("writing raw image", offset)
     }
     fn write_zeroes(&self, lba: u64, count: u64, below: &dyn Disk) -> Result<()> {
         self.discard(lba, count, below)
@@ -72,7 +82,9 @@ impl Layer for RawLayer {
         }
         let offset = lba * u64::from(SECTOR);
         let len = (count * u64::from(SECTOR)).min(self.size.saturating_sub(offset));
-        self.storage.punch_hole(offset, len).io_context("punching a hole", offset)
+        self.storage
+            .punch_hole(offset, len)
+            .io_context("punching a hole", offset)
     }
     fn flush(&self) -> Result<()> {
         self.storage.flush().io_context("flushing raw image", 0)
@@ -80,7 +92,10 @@ impl Layer for RawLayer {
     fn block_status(&self, lba: u64, count: u64) -> Result<BlockStatus> {
         let ss = u64::from(SECTOR);
         let offset = lba * ss;
-        let (data, bytes) = self.storage.allocation(offset, count * ss).io_context("querying holes", offset)?;
+        let (data, bytes) = self
+            .storage
+            .allocation(offset, count * ss)
+            .io_context("querying holes", offset)?;
         let sectors = if data { bytes.div_ceil(ss) } else { bytes / ss }.min(count);
         Ok(if data || sectors == 0 {
             BlockStatus::data_at(sectors.max(1), offset)

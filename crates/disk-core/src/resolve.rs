@@ -111,7 +111,9 @@ pub fn recorded_to_path(recorded: &str, referrer: Option<&Path>) -> Option<PathB
     let bytes = name.as_bytes();
     let windows_drive = bytes.len() >= 2 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':';
     let unc = name.starts_with("\\\\");
-    let path = if cfg!(windows) { PathBuf::from(name) } else {
+    let path = if cfg!(windows) {
+        PathBuf::from(name)
+    } else {
         if windows_drive || unc {
             return None;
         }
@@ -137,14 +139,20 @@ impl Resolver for FsResolver {
             if recorded.is_absolute() || request.recorded.contains(':') || request.recorded.starts_with('\\') {
                 return Err(denied("absolute paths are not allowed"));
             }
-            if PathBuf::from(request.recorded.replace('\\', "/")).components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+            if PathBuf::from(request.recorded.replace('\\', "/"))
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+            {
                 return Err(denied("'..' is not allowed"));
             }
         }
         let Some(path) = recorded_to_path(request.recorded, request.referrer) else {
             return Err(Error::new(
                 ErrorKind::NotFound,
-                format!("{} file '{}' cannot be found on this host", request.kind, request.recorded),
+                format!(
+                    "{} file '{}' cannot be found on this host",
+                    request.kind, request.recorded
+                ),
             ));
         };
         let canonical = path.canonicalize().map_err(|e| {
@@ -186,7 +194,10 @@ impl Resolver for FsResolver {
         }
         let storage = FileStorage::open(&canonical, request.writable)
             .map_err(|e| Error::io(e, format!("opening {} file", request.kind)).with_file(&canonical))?;
-        Ok(Opened { storage: Arc::new(storage), path: canonical })
+        Ok(Opened {
+            storage: Arc::new(storage),
+            path: canonical,
+        })
     }
 }
 
@@ -204,7 +215,10 @@ impl MemResolver {
 
     /// Make `name` resolve to `storage`.
     pub fn insert(&self, name: &str, storage: Arc<MemStorage>) {
-        self.files.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), storage);
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), storage);
     }
 }
 
@@ -212,7 +226,10 @@ impl Resolver for MemResolver {
     fn open(&self, request: &FileRequest<'_>) -> Result<Opened> {
         let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         match files.get(request.recorded) {
-            Some(s) => Ok(Opened { storage: s.clone(), path: PathBuf::from(request.recorded) }),
+            Some(s) => Ok(Opened {
+                storage: s.clone(),
+                path: PathBuf::from(request.recorded),
+            }),
             None => Err(Error::new(
                 ErrorKind::NotFound,
                 format!("{} file '{}' not found", request.kind, request.recorded),
@@ -226,7 +243,12 @@ mod tests {
     use super::*;
 
     fn req<'a>(referrer: &'a Path, recorded: &'a str) -> FileRequest<'a> {
-        FileRequest { referrer: Some(referrer), recorded, kind: FileKind::Extent, writable: false }
+        FileRequest {
+            referrer: Some(referrer),
+            recorded,
+            kind: FileKind::Extent,
+            writable: false,
+        }
     }
 
     #[test]
@@ -258,16 +280,28 @@ mod tests {
         }
         let any = FsResolver::new(FsPolicy::Any);
         assert!(any.open(&req(&me, "../outside.bin")).is_ok());
-        assert_eq!(any.open(&req(&me, "missing.bin")).unwrap_err().kind(), ErrorKind::NotFound);
-        assert_eq!(any.open(&req(&me, "/dev/null")).unwrap_err().kind(), ErrorKind::ExternalFileDenied);
+        assert_eq!(
+            any.open(&req(&me, "missing.bin")).unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            any.open(&req(&me, "/dev/null")).unwrap_err().kind(),
+            ErrorKind::ExternalFileDenied
+        );
     }
 
     #[test]
     fn windows_names() {
         let r = Path::new("/vms/child.vhd");
-        assert_eq!(recorded_to_path(".\\parent.vhd", Some(r)).unwrap(), Path::new("/vms/./parent.vhd"));
+        assert_eq!(
+            recorded_to_path(".\\parent.vhd", Some(r)).unwrap(),
+            Path::new("/vms/./parent.vhd")
+        );
         assert_eq!(recorded_to_path("C:\\vms\\parent.vhd", Some(r)), None);
         assert_eq!(recorded_to_path("", Some(r)), None);
-        assert_eq!(recorded_to_path("/abs/p.vhd", Some(r)).unwrap(), Path::new("/abs/p.vhd"));
+        assert_eq!(
+            recorded_to_path("/abs/p.vhd", Some(r)).unwrap(),
+            Path::new("/abs/p.vhd")
+        );
     }
 }

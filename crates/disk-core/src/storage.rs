@@ -37,7 +37,9 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Make `len` bytes at `offset` read as zeros, releasing the space where the host can.
     /// Must not change the length. The default writes zeros.
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        let end = offset.checked_add(len).ok_or_else(|| io::Error::other("hole past 2^64"))?;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| io::Error::other("hole past 2^64"))?;
         let zeros = vec![0u8; ZERO_CHUNK.min(usize::try_from(len).unwrap_or(ZERO_CHUNK))];
         let mut pos = offset;
         while pos < end {
@@ -92,7 +94,10 @@ impl FileStorage {
         if meta.is_dir() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "is a directory"));
         }
-        Ok(FileStorage { file, path: path.as_ref().to_path_buf() })
+        Ok(FileStorage {
+            file,
+            path: path.as_ref().to_path_buf(),
+        })
     }
 
     /// The path this storage was opened with.
@@ -129,11 +134,7 @@ impl Storage for FileStorage {
         {
             let mut done = 0;
             while done < buf.len() {
-                let n = std::os::windows::fs::FileExt::seek_read(
-                    &self.file,
-                    &mut buf[done..],
-                    offset + done as u64,
-                )?;
+                let n = std::os::windows::fs::FileExt::seek_read(&self.file, &mut buf[done..], offset + done as u64)?;
                 if n == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
@@ -152,11 +153,7 @@ impl Storage for FileStorage {
         {
             let mut done = 0;
             while done < buf.len() {
-                done += std::os::windows::fs::FileExt::seek_write(
-                    &self.file,
-                    &buf[done..],
-                    offset + done as u64,
-                )?;
+                done += std::os::windows::fs::FileExt::seek_write(&self.file, &buf[done..], offset + done as u64)?;
             }
             Ok(())
         }
@@ -177,7 +174,12 @@ impl Storage for FileStorage {
     #[cfg(target_os = "linux")]
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
         use rustix::fs::{FallocateFlags, fallocate};
-        match fallocate(&self.file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, len) {
+        match fallocate(
+            &self.file,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            offset,
+            len,
+        ) {
             Ok(()) => Ok(()),
             // Filesystems without hole punching: fall back to writing zeros.
             Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::NOSYS) => {
@@ -241,7 +243,10 @@ struct MemInner {
 impl fmt::Debug for MemStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        f.debug_struct("MemStorage").field("len", &inner.len).field("chunks", &inner.chunks.len()).finish()
+        f.debug_struct("MemStorage")
+            .field("len", &inner.len)
+            .field("chunks", &inner.chunks.len())
+            .finish()
     }
 }
 
@@ -253,7 +258,10 @@ impl MemStorage {
 
     /// An empty store whose length may not exceed `limit` bytes.
     pub fn with_limit(limit: u64) -> Self {
-        MemStorage { limit: Some(limit), ..Self::default() }
+        MemStorage {
+            limit: Some(limit),
+            ..Self::default()
+        }
     }
 
     /// A store holding a copy of `bytes`.
@@ -273,7 +281,10 @@ impl MemStorage {
 
     /// An independent copy of the current contents.
     pub fn snapshot(&self) -> MemStorage {
-        MemStorage { inner: RwLock::new(self.inner().clone()), limit: self.limit }
+        MemStorage {
+            inner: RwLock::new(self.inner().clone()),
+            limit: self.limit,
+        }
     }
 
     fn inner(&self) -> std::sync::RwLockReadGuard<'_, MemInner> {
@@ -317,7 +328,10 @@ impl Storage for MemStorage {
         let inner = self.inner();
         let end = offset.checked_add(buf.len() as u64);
         if end.is_none_or(|end| end > inner.len) {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past end of in-memory storage"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past end of in-memory storage",
+            ));
         }
         for (index, within, at, n) in chunk_pieces(offset, buf.len()) {
             match inner.chunks.get(&index) {
@@ -365,10 +379,10 @@ impl Storage for MemStorage {
             let first_dead = len.div_ceil(MEM_CHUNK as u64);
             inner.chunks.retain(|&index, _| index < first_dead);
             let within = (len % MEM_CHUNK as u64) as usize;
-            if within != 0 {
-                if let Some(chunk) = inner.chunks.get_mut(&(len / MEM_CHUNK as u64)) {
-                    chunk[within..].fill(0);
-                }
+            if within != 0
+                && let Some(chunk) = inner.chunks.get_mut(&(len / MEM_CHUNK as u64))
+            {
+                chunk[within..].fill(0);
             }
         }
         inner.len = len;
@@ -475,8 +489,14 @@ mod tests {
         let m = MemStorage::new();
         m.set_len(4 * MEM_CHUNK as u64).unwrap();
         m.write_at(&[1], 2 * MEM_CHUNK as u64 + 5).unwrap();
-        assert_eq!(m.allocation(0, 4 * MEM_CHUNK as u64).unwrap(), (false, 2 * MEM_CHUNK as u64));
-        assert_eq!(m.allocation(2 * MEM_CHUNK as u64, 4 * MEM_CHUNK as u64).unwrap(), (true, MEM_CHUNK as u64));
+        assert_eq!(
+            m.allocation(0, 4 * MEM_CHUNK as u64).unwrap(),
+            (false, 2 * MEM_CHUNK as u64)
+        );
+        assert_eq!(
+            m.allocation(2 * MEM_CHUNK as u64, 4 * MEM_CHUNK as u64).unwrap(),
+            (true, MEM_CHUNK as u64)
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let f = FileStorage::create(dir.path().join("sparse"), false).unwrap();

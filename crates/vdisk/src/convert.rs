@@ -26,7 +26,14 @@ pub fn convert(src: &dyn Disk, dst: impl AsRef<Path>, options: ConvertOptions<'_
     create(dst, &create_opts)?;
     let result = (|| {
         let out = open(dst, &OpenOptions::new().format(Some(options.format)).writable(true))?;
-        let stats = ops::copy(src, &out, CopyOptions { progress: options.progress, ..CopyOptions::default() })?;
+        let stats = ops::copy(
+            src,
+            &out,
+            CopyOptions {
+                progress: options.progress,
+                ..CopyOptions::default()
+            },
+        )?;
         out.flush()?;
         Ok(stats)
     })();

@@ -48,7 +48,9 @@ struct SiblingFiles {
 impl FileCreator for SiblingFiles {
     fn create_file(&self, name: &str) -> Result<Arc<dyn Storage>> {
         if name.contains(['/', '\\']) || name == ".." || name.is_empty() {
-            return Err(Error::invalid_argument(format!("extra file name '{name}' must be a plain file name")));
+            return Err(Error::invalid_argument(format!(
+                "extra file name '{name}' must be a plain file name"
+            )));
         }
         let path = self.dir.join(name);
         let storage = FileStorage::create(&path, true).map_err(|e| Error::io(e, "creating file").with_file(&path))?;
@@ -76,9 +78,15 @@ pub fn create(path: impl AsRef<Path>, options: &CreateOptions) -> Result<()> {
         Some(recorded) => {
             let parent_path = recorded_to_path(recorded, Some(path))
                 .ok_or_else(|| Error::invalid_argument(format!("backing file '{recorded}' is not a usable path")))?;
-            let open_opts = OpenOptions::new().format(options.backing_format).resolver(options.resolver.clone());
+            let open_opts = OpenOptions::new()
+                .format(options.backing_format)
+                .resolver(options.resolver.clone());
             let image = open(&parent_path, &open_opts)?;
-            Some((recorded.clone(), parent_path.canonicalize().unwrap_or(parent_path), image))
+            Some((
+                recorded.clone(),
+                parent_path.canonicalize().unwrap_or(parent_path),
+                image,
+            ))
         }
         None => None,
     };
@@ -87,17 +95,28 @@ pub fn create(path: impl AsRef<Path>, options: &CreateOptions) -> Result<()> {
         (None, Some((_, _, image))) => disk_core::Disk::virtual_size(image),
         (None, None) => return Err(Error::invalid_argument("an image size is required")),
     };
-    let backing = parent.as_ref().map(|(recorded, absolute, image): &(String, PathBuf, Image)| BackingSpec {
-        recorded: recorded.clone(),
-        absolute: Some(absolute.as_path()),
-        image,
-    });
+    let backing = parent
+        .as_ref()
+        .map(|(recorded, absolute, image): &(String, PathBuf, Image)| BackingSpec {
+            recorded: recorded.clone(),
+            absolute: Some(absolute.as_path()),
+            image,
+        });
 
     let temp = dir.join(format!(".{file_name}.vdisk-tmp-{}", std::process::id()));
-    let files = SiblingFiles { dir: dir.clone(), created: Default::default() };
+    let files = SiblingFiles {
+        dir: dir.clone(),
+        created: Default::default(),
+    };
     let result = (|| {
         let storage = FileStorage::create(&temp, true).map_err(|e| Error::io(e, "creating image").with_file(&temp))?;
-        let spec = CreateSpec { size, options: options.options.clone(), backing, path: Some(path), files: &files };
+        let spec = CreateSpec {
+            size,
+            options: options.options.clone(),
+            backing,
+            path: Some(path),
+            files: &files,
+        };
         driver(options.format)?.create(&storage, spec)?;
         std::fs::rename(&temp, path).map_err(|e| Error::io(e, "renaming the new image into place").with_file(path))
     })();

@@ -39,9 +39,9 @@ pub use create::{CreateOptions, create};
 pub use registry::{driver, drivers};
 
 pub use disk_core::{
-    self, Allocation, BlockStatus, CheckReport, DenyExternal, Disk, Error, ErrorKind, Format, FsPolicy,
-    FsResolver, Image, InfoValue, Layer, LayerInfo, MemResolver, MemStorage, MissingParent, OpenOptions,
-    Options, Repair, Resolver, Result, Storage, bytes, ops, parse_size, probe,
+    self, Allocation, BlockStatus, CheckReport, DenyExternal, Disk, Error, ErrorKind, Format, FsPolicy, FsResolver,
+    Image, InfoValue, Layer, LayerInfo, MemResolver, MemStorage, MissingParent, OpenOptions, Options, Repair, Resolver,
+    Result, Storage, bytes, ops, parse_size, probe,
 };
 pub use disk_resize;
 pub use vhd1;
@@ -55,8 +55,8 @@ use std::sync::Arc;
 /// Open the image at `path` with its parents (as far as `options.resolver` allows).
 pub fn open(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Image> {
     let path = path.as_ref();
-    let storage = FileStorage::open(path, options.writable)
-        .map_err(|e| Error::io(e, "cannot open image").with_file(path))?;
+    let storage =
+        FileStorage::open(path, options.writable).map_err(|e| Error::io(e, "cannot open image").with_file(path))?;
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     open_storage(Arc::new(storage), Some(&canonical), options).with_file(path)
 }

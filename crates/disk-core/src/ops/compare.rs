@@ -53,7 +53,11 @@ pub fn compare(a: &dyn Disk, b: &dyn Disk, strict: bool) -> Result<Comparison> {
             return Ok(Comparison::AllocationMismatch { offset: pos });
         }
         if alloc_a != Allocation::Data && alloc_b != Allocation::Data {
-            let skip = if pos + run >= common { common - pos } else { run / gran * gran };
+            let skip = if pos + run >= common {
+                common - pos
+            } else {
+                run / gran * gran
+            };
             if skip > 0 {
                 pos += skip;
                 continue;
@@ -65,13 +69,17 @@ pub fn compare(a: &dyn Disk, b: &dyn Disk, strict: bool) -> Result<Comparison> {
         read_bytes(b, pos, cb)?;
         if ca != cb {
             let first = ca.iter().zip(cb.iter()).position(|(x, y)| x != y).unwrap_or(0) as u64;
-            return Ok(Comparison::ContentMismatch { offset: (pos + first) / 512 * 512 });
+            return Ok(Comparison::ContentMismatch {
+                offset: (pos + first) / 512 * 512,
+            });
         }
         pos += len;
     }
     let longer = if size_a > size_b { a } else { b };
     match first_nonzero(longer, common)? {
-        Some(offset) => Ok(Comparison::ContentMismatch { offset: offset / 512 * 512 }),
+        Some(offset) => Ok(Comparison::ContentMismatch {
+            offset: offset / 512 * 512,
+        }),
         None => Ok(Comparison::Identical),
     }
 }

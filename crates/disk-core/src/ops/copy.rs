@@ -17,7 +17,11 @@ pub struct CopyOptions<'a> {
 
 impl Default for CopyOptions<'_> {
     fn default() -> Self {
-        CopyOptions { progress: None, buffer_size: 4 << 20, zero_granularity: 64 << 10 }
+        CopyOptions {
+            progress: None,
+            buffer_size: 4 << 20,
+            zero_granularity: 64 << 10,
+        }
     }
 }
 
@@ -47,7 +51,11 @@ pub fn copy(src: &dyn Disk, dst: &dyn Disk, mut options: CopyOptions<'_>) -> Res
         let want = buffer_size.min(total - pos);
         let (allocation, run) = byte_status(src, pos, want)?;
         if allocation != Allocation::Data {
-            let skip = if pos + run >= total { total - pos } else { run / gran * gran };
+            let skip = if pos + run >= total {
+                total - pos
+            } else {
+                run / gran * gran
+            };
             if skip > 0 {
                 stats.bytes_skipped += skip;
                 pos += skip;
@@ -55,7 +63,12 @@ pub fn copy(src: &dyn Disk, dst: &dyn Disk, mut options: CopyOptions<'_>) -> Res
                 continue;
             }
         }
-        let len = if pos + run >= total { total - pos } else { run.div_ceil(gran) * gran }.min(want);
+        let len = if pos + run >= total {
+            total - pos
+        } else {
+            run.div_ceil(gran) * gran
+        }
+        .min(want);
         let chunk = &mut buf[..len as usize];
         read_bytes(src, pos, chunk)?;
         let mut piece_start = 0usize;
