@@ -181,41 +181,48 @@ pub fn write_zero_buffers<D: Disk + ?Sized>(disk: &D, range: SectorRange) -> Res
     Ok(())
 }
 
-impl<D: Disk + ?Sized> Disk for Box<D> {
-    fn sector_size(&self) -> u32 {
-        (**self).sector_size()
-    }
-    fn physical_sector_size(&self) -> u32 {
-        (**self).physical_sector_size()
-    }
-    fn virtual_size(&self) -> u64 {
-        (**self).virtual_size()
-    }
-    fn sector_count(&self) -> u64 {
-        (**self).sector_count()
-    }
-    fn disk_id(&self) -> Option<Uuid> {
-        (**self).disk_id()
-    }
-    fn is_read_only(&self) -> bool {
-        (**self).is_read_only()
-    }
-    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
-        (**self).read(lba, buf)
-    }
-    fn write(&self, lba: u64, buf: &[u8]) -> Result<()> {
-        (**self).write(lba, buf)
-    }
-    fn write_zeroes(&self, lba: u64, count: u64) -> Result<()> {
-        (**self).write_zeroes(lba, count)
-    }
-    fn discard(&self, lba: u64, count: u64) -> Result<()> {
-        (**self).discard(lba, count)
-    }
-    fn flush(&self) -> Result<()> {
-        (**self).flush()
-    }
-    fn block_status(&self, lba: u64, count: u64) -> Result<BlockStatus> {
-        (**self).block_status(lba, count)
-    }
+/// Implements [`Disk`] for a pointer type by forwarding every method to the pointee.
+macro_rules! forward_disk {
+    ($($ptr:ty),*) => {$(
+        impl<D: Disk + ?Sized> Disk for $ptr {
+            fn sector_size(&self) -> u32 {
+                (**self).sector_size()
+            }
+            fn physical_sector_size(&self) -> u32 {
+                (**self).physical_sector_size()
+            }
+            fn virtual_size(&self) -> u64 {
+                (**self).virtual_size()
+            }
+            fn sector_count(&self) -> u64 {
+                (**self).sector_count()
+            }
+            fn disk_id(&self) -> Option<Uuid> {
+                (**self).disk_id()
+            }
+            fn is_read_only(&self) -> bool {
+                (**self).is_read_only()
+            }
+            fn read(&self, lba: u64, buf: &mut [u8]) -> Result<()> {
+                (**self).read(lba, buf)
+            }
+            fn write(&self, lba: u64, buf: &[u8]) -> Result<()> {
+                (**self).write(lba, buf)
+            }
+            fn write_zeroes(&self, lba: u64, count: u64) -> Result<()> {
+                (**self).write_zeroes(lba, count)
+            }
+            fn discard(&self, lba: u64, count: u64) -> Result<()> {
+                (**self).discard(lba, count)
+            }
+            fn flush(&self) -> Result<()> {
+                (**self).flush()
+            }
+            fn block_status(&self, lba: u64, count: u64) -> Result<BlockStatus> {
+                (**self).block_status(lba, count)
+            }
+        }
+    )*};
 }
+
+forward_disk!(&D, Box<D>, std::sync::Arc<D>);

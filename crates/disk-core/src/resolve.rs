@@ -222,6 +222,15 @@ impl MemResolver {
     }
 }
 
+/// New files of a multi-file image created in memory are registered under their names.
+impl crate::driver::FileCreator for MemResolver {
+    fn create_file(&self, name: &str) -> Result<Arc<dyn Storage>> {
+        let storage = Arc::new(MemStorage::new());
+        self.insert(name, storage.clone());
+        Ok(storage)
+    }
+}
+
 impl Resolver for MemResolver {
     fn open(&self, request: &FileRequest<'_>) -> Result<Opened> {
         let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
