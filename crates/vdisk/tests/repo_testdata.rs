@@ -16,7 +16,11 @@ fn samples_read_as_qemu_reads_them() {
     for entry in manifest.as_array().unwrap() {
         let name = entry["path"].as_str().unwrap();
         let format: Format = entry["format"].as_str().unwrap().parse().unwrap();
-        let probed = vdisk::probe(&vdisk::disk_core::FileStorage::open(dir.join(name), false).unwrap(), None).unwrap();
+        let probed = vdisk::probe(
+            &vdisk::disk_core::FileStorage::open(dir.join(name), false).unwrap(),
+            None,
+        )
+        .unwrap();
         assert_eq!(probed, format, "{name} probes as {format}");
         if vdisk::driver(format).is_err() {
             eprintln!("skipped {name}: no {format} engine yet");
@@ -24,7 +28,11 @@ fn samples_read_as_qemu_reads_them() {
         }
         let image = vdisk::open(dir.join(name), &OpenOptions::new()).unwrap();
         assert_eq!(image.virtual_size(), entry["virtual_size"].as_u64().unwrap(), "{name}");
-        assert_eq!(content_digest(&image).unwrap(), entry["content_digest"].as_str().unwrap(), "{name}");
+        assert_eq!(
+            content_digest(&image).unwrap(),
+            entry["content_digest"].as_str().unwrap(),
+            "{name}"
+        );
         checked += 1;
     }
     assert!(checked > 0, "at least the raw sample is checked");

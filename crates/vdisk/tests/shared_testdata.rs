@@ -39,9 +39,18 @@ fn manifest(dir: &Path) -> Vec<Entry> {
 
 /// Decompress `name.xz` into `out`, returning the image path.
 fn unpack(dir: &Path, entry: &Entry, out: &Path) -> PathBuf {
-    let name = Path::new(&entry.path).file_name().unwrap().to_string_lossy().trim_end_matches(".xz").to_string();
+    let name = Path::new(&entry.path)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_end_matches(".xz")
+        .to_string();
     let target = out.join(name);
-    let data = Command::new("xz").arg("-dc").arg(dir.join(&entry.path)).output().expect("xz is installed");
+    let data = Command::new("xz")
+        .arg("-dc")
+        .arg(dir.join(&entry.path))
+        .output()
+        .expect("xz is installed");
     assert!(data.status.success(), "xz failed on {}", entry.path);
     std::fs::write(&target, data.stdout).unwrap();
     target
@@ -100,7 +109,12 @@ fn every_shared_image_meets_its_manifest_entry() {
                     }
                     Err(e) => panic!("{}: {}", entry.path, vdisk::disk_core::display_chain(&e)),
                 };
-                assert_eq!(Some(image.virtual_size()), entry.virtual_size, "{}: virtual size", entry.path);
+                assert_eq!(
+                    Some(image.virtual_size()),
+                    entry.virtual_size,
+                    "{}: virtual size",
+                    entry.path
+                );
                 let digest = content_digest(&image).unwrap_or_else(|e| panic!("{}: {e}", entry.path));
                 assert_eq!(Some(digest), entry.digest, "{}: content digest", entry.path);
             }
@@ -111,13 +125,25 @@ fn every_shared_image_meets_its_manifest_entry() {
                 }
             }
             "info" => {
-                assert!(opened.is_err(), "{}: parent is missing, full open must fail", entry.path);
+                assert!(
+                    opened.is_err(),
+                    "{}: parent is missing, full open must fail",
+                    entry.path
+                );
                 let mut options = options.clone();
                 options.missing_parent = MissingParent::Placeholder;
                 let image = vdisk::open(&path, &options).unwrap_or_else(|e| panic!("{}: {e}", entry.path));
-                assert!(image.info().backing_filename.is_some(), "{}: shows its parent", entry.path);
+                assert!(
+                    image.info().backing_filename.is_some(),
+                    "{}: shows its parent",
+                    entry.path
+                );
                 assert_eq!(Some(image.virtual_size()), entry.virtual_size, "{}", entry.path);
-                assert!(content_digest(&image).is_err(), "{}: reading needs the parent", entry.path);
+                assert!(
+                    content_digest(&image).is_err(),
+                    "{}: reading needs the parent",
+                    entry.path
+                );
             }
             "lenient" => {
                 // Either a clean refusal or a readable image.

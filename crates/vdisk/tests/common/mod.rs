@@ -31,4 +31,3 @@ pub fn content_digest(disk: &dyn Disk) -> vdisk::Result<String> {
     }
     Ok(format!("{:x}", hasher.finalize()))
 }
-
