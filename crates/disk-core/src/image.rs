@@ -252,6 +252,15 @@ impl Image {
         self.top().info()
     }
 
+    /// Name the top image's file in an error that names no file yet (a parent's errors already
+    /// name the parent).
+    fn named<T>(&self, result: Result<T>) -> Result<T> {
+        match &self.layers[0].path {
+            Some(path) => result.map_err(|e| e.with_file(path)),
+            None => result,
+        }
+    }
+
     fn below_top(&self) -> Below<'_> {
         Below {
             layers: &self.layers[1..],
@@ -282,7 +291,7 @@ impl Disk for Image {
         if range.count == 0 {
             return Ok(());
         }
-        self.top().read(lba, buf, &self.below_top())
+        self.named(self.top().read(lba, buf, &self.below_top()))
     }
     fn write(&self, lba: u64, buf: &[u8]) -> Result<()> {
         let range = SectorRange::for_buffer(self, lba, buf.len())?;
@@ -292,7 +301,7 @@ impl Disk for Image {
         if range.count == 0 {
             return Ok(());
         }
-        self.top().write(lba, buf, &self.below_top())
+        self.named(self.top().write(lba, buf, &self.below_top()))
     }
     fn write_zeroes(&self, lba: u64, count: u64) -> Result<()> {
         SectorRange::check(self, lba, count)?;
@@ -302,7 +311,7 @@ impl Disk for Image {
         if count == 0 {
             return Ok(());
         }
-        self.top().write_zeroes(lba, count, &self.below_top())
+        self.named(self.top().write_zeroes(lba, count, &self.below_top()))
     }
     fn discard(&self, lba: u64, count: u64) -> Result<()> {
         SectorRange::check(self, lba, count)?;
@@ -312,13 +321,13 @@ impl Disk for Image {
         if count == 0 {
             return Ok(());
         }
-        self.top().discard(lba, count, &self.below_top())
+        self.named(self.top().discard(lba, count, &self.below_top()))
     }
     fn flush(&self) -> Result<()> {
         if self.is_read_only() {
             return Ok(());
         }
-        self.top().flush()
+        self.named(self.top().flush())
     }
     fn block_status(&self, lba: u64, count: u64) -> Result<BlockStatus> {
         SectorRange::check(self, lba, count)?;

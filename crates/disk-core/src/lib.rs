@@ -51,3 +51,4 @@ pub use resolve::{
     DenyExternal, FileKind, FileRequest, FsPolicy, FsResolver, MemResolver, Opened, Resolver, recorded_to_path,
 };
 pub use storage::{FileStorage, MemStorage, Storage};
+pub use uuid::{self, Uuid};

@@ -32,6 +32,7 @@
 
 mod convert;
 mod create;
+pub mod fuzzing;
 mod registry;
 
 pub use convert::{ConvertOptions, convert};
@@ -57,8 +58,7 @@ pub fn open(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Image> {
     let path = path.as_ref();
     let storage =
         FileStorage::open(path, options.writable).map_err(|e| Error::io(e, "cannot open image").with_file(path))?;
-    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    open_storage(Arc::new(storage), Some(&canonical), options).with_file(path)
+    open_storage(Arc::new(storage), Some(path), options).with_file(path)
 }
 
 /// Open an image held in any [`Storage`] (e.g. in memory). `name` is its path, for probing

@@ -1,0 +1,67 @@
+//! `vdisk measure`: how many bytes a new image needs.
+
+use crate::common::{CmdResult, Ctx, in_file, parse_format, parse_format_opt, parse_options};
+use crate::output::{OutputFormat, emit, pretty_json};
+use serde_json::{Map, Value};
+use std::path::PathBuf;
+use vdisk::disk_resize::{MeasureInput, measure};
+use vdisk::{Disk, MissingParent, parse_size};
+
+/// Arguments of `vdisk measure`.
+#[derive(Debug, clap::Args)]
+pub struct MeasureArgs {
+    /// Format of the image to measure for (raw, vhd/vpc, vhdx, vmdk).
+    #[arg(short = 'O', value_name = "FMT")]
+    pub output_format: String,
+    /// Options of that format, `key=value,key=value` (may be repeated).
+    #[arg(short = 'o', value_name = "OPTS")]
+    pub options: Vec<String>,
+    /// Measure an empty image of this virtual size.
+    #[arg(long, value_name = "SIZE", conflicts_with_all = ["src", "format"], required_unless_present = "src")]
+    pub size: Option<String>,
+    /// Format of SRC (probed when absent).
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t, value_name = "FMT")]
+    pub output: OutputFormat,
+    /// Measure a copy of this image (with its whole chain).
+    pub src: Option<PathBuf>,
+}
+
+/// Run `vdisk measure`.
+pub fn run(ctx: &Ctx, args: &MeasureArgs) -> CmdResult {
+    let target = parse_format(&args.output_format)?;
+    let options = parse_options(&args.options)?;
+    let input = match (&args.size, &args.src) {
+        (Some(size), _) => MeasureInput::Size(parse_size(size)?),
+        (None, Some(src)) => {
+            let format = parse_format_opt(args.format.as_deref())?;
+            let image = ctx.open(src, format, false, MissingParent::Fail)?;
+            let entries = crate::map::entries(&image).map_err(|e| in_file(src, e))?;
+            let allocated = entries.iter().filter(|e| e.data).map(|e| e.length).sum();
+            MeasureInput::Image {
+                virtual_size: image.virtual_size(),
+                allocated,
+            }
+        }
+        (None, None) => return Err(crate::common::Failure::new("either --size SIZE or SRC is required")),
+    };
+    let m = measure(target, &options, input)?;
+    let text = match args.output {
+        OutputFormat::Json => {
+            let mut o = Map::new();
+            o.insert("required".into(), m.required.into());
+            o.insert("fully-allocated".into(), m.fully_allocated.into());
+            pretty_json(&Value::Object(o))
+        }
+        OutputFormat::Human => {
+            format!(
+                "required size: {}\nfully allocated size: {}\n",
+                m.required, m.fully_allocated
+            )
+        }
+    };
+    emit(&text);
+    Ok(0)
+}
