@@ -76,7 +76,9 @@ fn exercise(image: &Image) {
         if lba >= n || budget < ss {
             break;
         }
-        let Ok(st) = image.block_status(lba, n - lba) else { break };
+        let Ok(st) = image.block_status(lba, n - lba) else {
+            break;
+        };
         assert!(
             st.sectors >= 1 && st.sectors <= n - lba,
             "block_status({lba}, {}) returned a run of {} sectors",
@@ -84,7 +86,11 @@ fn exercise(image: &Image) {
             st.sectors
         );
         let data = st.allocation == Allocation::Data;
-        let sectors = if data { st.sectors.min(MAX_CHUNK / ss).min(budget / ss) } else { 1 };
+        let sectors = if data {
+            st.sectors.min(MAX_CHUNK / ss).min(budget / ss)
+        } else {
+            1
+        };
         buf.resize((sectors * ss) as usize, 0);
         if image.read(lba, &mut buf).is_ok() && !data {
             assert!(
