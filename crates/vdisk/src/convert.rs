@@ -2,7 +2,8 @@
 
 use crate::{CreateOptions, Disk, Format, OpenOptions, create, open};
 use disk_core::ops::{self, CopyOptions, CopyStats};
-use disk_core::{Options, Result, ResultExt};
+use disk_core::{FsPolicy, FsResolver, Options, Result, ResultExt};
+use std::sync::Arc;
 use std::path::Path;
 
 /// How [`convert`] writes its output.
@@ -25,7 +26,9 @@ pub fn convert(src: &dyn Disk, dst: impl AsRef<Path>, options: ConvertOptions<'_
     create_opts.options = options.options;
     create(dst, &create_opts)?;
     let result = (|| {
-        let out = open(dst, &OpenOptions::new().format(Some(options.format)).writable(true))?;
+        // The new image's own extent files (split and flat VMDK) lie beside it.
+        let own_files = Arc::new(FsResolver::new(FsPolicy::SameDirectory));
+        let out = open(dst, &OpenOptions::new().format(Some(options.format)).writable(true).resolver(own_files))?;
         let stats = ops::copy(
             src,
             &out,

@@ -1,4 +1,4 @@
-//! Operations generic over any [`Disk`](crate::Disk): copy, compare, allocation map.
+//! Operations generic over any [`Disk`]: copy, compare, allocation map.
 
 mod compare;
 mod copy;

@@ -1,0 +1,540 @@
+//! A VMDK image as a [`Layer`]: its extents laid end to end, its descriptor, its parent link.
+
+use crate::descriptor::{Access, Descriptor, ExtentType, NO_PARENT_CID};
+use crate::format::SECTOR;
+use crate::sparse::{GrainLoc, SparseExtent};
+use crate::stream::StreamWriter;
+use disk_core::{
+    Allocation, BlockStatus, CheckReport, Disk, Error, ErrorKind, Format, InfoValue, IoResultExt, Layer, LayerInfo,
+    ParentRef, Repair, Result, Storage,
+};
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Where the descriptor lives, for rewriting it.
+#[derive(Debug)]
+pub(crate) enum DescriptorHome {
+    /// Inside a sparse extent: `size` bytes at `offset`.
+    Embedded {
+        storage: Arc<dyn Storage>,
+        offset: u64,
+        size: u64,
+    },
+    /// A descriptor file of its own.
+    File { storage: Arc<dyn Storage> },
+    /// No descriptor (a bare COWD or seSparse extent).
+    None,
+}
+
+/// The data behind one extent line.
+#[derive(Debug)]
+pub(crate) enum Extent {
+    /// Raw data at `offset` of a file of `file_len` bytes (reads past its end are zeros).
+    Flat {
+        storage: Arc<dyn Storage>,
+        offset: u64,
+        file_len: u64,
+    },
+    /// Reads as zeros.
+    Zero,
+    /// A grain-table extent.
+    Sparse(Box<SparseExtent>),
+}
+
+/// One extent with its place in the disk.
+#[derive(Debug)]
+pub(crate) struct ExtentSlot {
+    pub start: u64,
+    pub sectors: u64,
+    pub access: Access,
+    pub kind: ExtentType,
+    pub name: String,
+    pub extent: Extent,
+}
+
+/// An open VMDK image.
+#[derive(Debug)]
+pub struct VmdkLayer {
+    descriptor: Mutex<Option<Descriptor>>,
+    home: DescriptorHome,
+    create_type: String,
+    extents: Vec<ExtentSlot>,
+    sectors: u64,
+    read_only: bool,
+    cid: AtomicU32,
+    parent_cid: Option<u32>,
+    parent: Option<ParentRef>,
+    cid_updated: AtomicBool,
+    stream: Option<StreamWriter>,
+}
+
+impl VmdkLayer {
+    pub(crate) fn new(
+        descriptor: Option<Descriptor>,
+        home: DescriptorHome,
+        create_type: String,
+        extents: Vec<ExtentSlot>,
+        writable: bool,
+    ) -> Result<Self> {
+        let sectors = extents.iter().map(|e| e.sectors).sum::<u64>();
+        let (cid, parent_cid, parent) = match &descriptor {
+            Some(d) => {
+                let parent = d.parent_hint().map(|h| {
+                    // VMware records absolute paths ("/vmfs/volumes/..."): also try the bare
+                    // name beside the child, where copied chains usually are.
+                    let mut locators = vec![h.to_string()];
+                    if let Some(base) = h.rsplit(['/', '\\']).next().filter(|b| !b.is_empty() && *b != h) {
+                        locators.push(base.to_string());
+                    }
+                    ParentRef {
+                        format: Format::Vmdk,
+                        locators,
+                        display: h.to_string(),
+                    }
+                });
+                (d.cid()?.unwrap_or(0), d.parent_cid()?, parent)
+            }
+            None => (0, None, None),
+        };
+        let stream = match extents.as_slice() {
+            [slot] if writable => match &slot.extent {
+                Extent::Sparse(s) if s.compressed() => StreamWriter::attach(s)?,
+                _ => None,
+            },
+            _ => None,
+        };
+        Ok(VmdkLayer {
+            descriptor: Mutex::new(descriptor),
+            home,
+            create_type,
+            extents,
+            sectors,
+            read_only: !writable,
+            cid: AtomicU32::new(cid),
+            parent_cid,
+            parent,
+            cid_updated: AtomicBool::new(false),
+            stream,
+        })
+    }
+
+    /// The content ID (`CID`).
+    pub fn cid(&self) -> u32 {
+        self.cid.load(Ordering::Acquire)
+    }
+
+    /// The parent's CID recorded in this image (`parentCID`), if any.
+    pub fn parent_cid(&self) -> Option<u32> {
+        self.parent_cid
+    }
+
+    /// `createType`.
+    pub fn create_type(&self) -> &str {
+        &self.create_type
+    }
+
+    /// The slot holding sector `lba` (which must be in range).
+    fn slot_index(&self, lba: u64) -> usize {
+        self.extents.partition_point(|s| s.start + s.sectors <= lba)
+    }
+
+    /// Visit the extent pieces of `[lba, lba+count)`: (slot, first sector in the extent, count,
+    /// sector offset into the request).
+    fn pieces(&self, lba: u64, count: u64, mut f: impl FnMut(&ExtentSlot, u64, u64, u64) -> Result<()>) -> Result<()> {
+        let mut done = 0u64;
+        let mut i = self.slot_index(lba);
+        while done < count {
+            let Some(slot) = self.extents.get(i) else {
+                return Err(Error::out_of_range(format!(
+                    "sector {} lies past the last extent",
+                    lba + done
+                )));
+            };
+            let at = lba + done;
+            let local = at - slot.start;
+            let n = (slot.sectors - local).min(count - done);
+            if n > 0 {
+                f(slot, local, n, done)?;
+            }
+            done += n;
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Give the image a new CID the first time it is written in this session.
+    fn touch_cid(&self) -> Result<()> {
+        if self.cid_updated.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let mut guard = self.descriptor.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(desc) = guard.as_mut() else {
+            return Ok(());
+        };
+        let old = self.cid();
+        let mut new = old;
+        while new == old || new == NO_PARENT_CID {
+            let b = uuid::Uuid::new_v4().into_bytes();
+            new = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        desc.set_cid(new);
+        write_descriptor(&self.home, desc)?;
+        self.cid.store(new, Ordering::Release);
+        Ok(())
+    }
+
+    /// Refuse a write into `slot` before anything (the CID) is changed.
+    fn check_writable(&self, slot: &ExtentSlot) -> Result<()> {
+        if slot.access != Access::ReadWrite {
+            return Err(Error::new(
+                ErrorKind::ReadOnly,
+                format!("extent '{}' is {}", slot.name, slot.access.as_str()),
+            ));
+        }
+        match &slot.extent {
+            Extent::Zero => Err(Error::unsupported("cannot write to a ZERO extent")),
+            Extent::Sparse(s) if self.stream.is_none() && s.compressed() => Err(Error::unsupported(
+                "random writes into an existing streamOptimized image are not supported \
+                 (convert it to monolithicSparse first)",
+            )),
+            Extent::Sparse(s) if self.stream.is_none() && !s.supports_writes() => Err(Error::unsupported(
+                "writing to COWD (vmfsSparse) and seSparse extents is not supported",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Write `desc` back where it came from.
+pub(crate) fn write_descriptor(home: &DescriptorHome, desc: &Descriptor) -> Result<()> {
+    let text = desc.render().into_bytes();
+    match home {
+        DescriptorHome::Embedded { storage, offset, size } => {
+            if text.len() as u64 > *size {
+                return Err(Error::unsupported(
+                    "the descriptor no longer fits its space in the extent",
+                ));
+            }
+            let mut buf = text;
+            buf.resize(*size as usize, 0);
+            storage
+                .write_at(&buf, *offset)
+                .io_context("writing the descriptor", *offset)
+        }
+        DescriptorHome::File { storage } => {
+            storage.write_at(&text, 0).io_context("writing the descriptor", 0)?;
+            storage
+                .set_len(text.len() as u64)
+                .io_context("writing the descriptor", 0)
+        }
+        DescriptorHome::None => Ok(()),
+    }
+}
+
+impl Layer for VmdkLayer {
+    fn format(&self) -> Format {
+        Format::Vmdk
+    }
+    fn sector_size(&self) -> u32 {
+        SECTOR as u32
+    }
+    fn virtual_size(&self) -> u64 {
+        self.sectors * SECTOR
+    }
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read(&self, lba: u64, buf: &mut [u8], below: &dyn Disk) -> Result<()> {
+        let count = buf.len() as u64 / SECTOR;
+        self.pieces(lba, count, |slot, local, n, done| {
+            let piece = &mut buf[(done * SECTOR) as usize..((done + n) * SECTOR) as usize];
+            match &slot.extent {
+                Extent::Zero => piece.fill(0),
+                Extent::Flat {
+                    storage,
+                    offset,
+                    file_len,
+                } => {
+                    let at = offset + local * SECTOR;
+                    let inside = file_len.saturating_sub(at).min(piece.len() as u64) as usize;
+                    let (head, tail) = piece.split_at_mut(inside);
+                    storage.read_at(head, at).io_context("reading a flat extent", at)?;
+                    tail.fill(0);
+                }
+                Extent::Sparse(s) => match &self.stream {
+                    Some(w) => w.read(s, local, piece, lba + done, below)?,
+                    None => s.read(local, piece, lba + done, below)?,
+                },
+            }
+            Ok(())
+        })
+    }
+
+    fn write(&self, lba: u64, buf: &[u8], below: &dyn Disk) -> Result<()> {
+        if self.read_only {
+            return Err(Error::read_only());
+        }
+        let count = buf.len() as u64 / SECTOR;
+        self.pieces(lba, count, |slot, _, _, _| self.check_writable(slot))?;
+        self.touch_cid()?;
+        self.pieces(lba, count, |slot, local, n, done| {
+            let piece = &buf[(done * SECTOR) as usize..((done + n) * SECTOR) as usize];
+            match &slot.extent {
+                Extent::Zero => Err(Error::unsupported("cannot write to a ZERO extent")),
+                Extent::Flat { storage, offset, .. } => {
+                    let at = offset + local * SECTOR;
+                    storage.write_at(piece, at).io_context("writing a flat extent", at)
+                }
+                Extent::Sparse(s) => match &self.stream {
+                    Some(w) => w.write(s, local, piece),
+                    None if s.compressed() => Err(Error::unsupported(
+                        "random writes into an existing streamOptimized image are not supported \
+                         (convert it to monolithicSparse first)",
+                    )),
+                    None => s.write(local, piece, lba + done, below),
+                },
+            }
+        })
+    }
+
+    fn write_zeroes(&self, lba: u64, count: u64, below: &dyn Disk) -> Result<()> {
+        if self.stream.is_some() {
+            // Zero grains are never stored in a stream: writing zero buffers costs nothing.
+            let zeros = vec![0u8; (count.min(2048) * SECTOR) as usize];
+            let mut at = lba;
+            while at < lba + count {
+                let n = (lba + count - at).min(2048);
+                self.write(at, &zeros[..(n * SECTOR) as usize], below)?;
+                at += n;
+            }
+            return Ok(());
+        }
+        // Discarding already guarantees zeros (never the parent's data), without storing any.
+        self.discard(lba, count, below)
+    }
+
+    fn discard(&self, lba: u64, count: u64, below: &dyn Disk) -> Result<()> {
+        if self.read_only {
+            return Err(Error::read_only());
+        }
+        if self.stream.is_some() {
+            return Err(Error::unsupported("discard is not supported on streamOptimized images"));
+        }
+        self.pieces(lba, count, |slot, _, _, _| match slot.extent {
+            Extent::Zero => Ok(()),
+            _ => self.check_writable(slot),
+        })?;
+        self.touch_cid()?;
+        let standalone = self.parent.is_none();
+        self.pieces(lba, count, |slot, local, n, done| match &slot.extent {
+            Extent::Zero => Ok(()),
+            Extent::Flat { storage, offset, .. } => {
+                let at = offset + local * SECTOR;
+                storage.punch_hole(at, n * SECTOR).io_context("discarding", at)
+            }
+            Extent::Sparse(s) => {
+                if self.stream.is_some() || s.compressed() {
+                    return Err(Error::unsupported("discard is not supported on streamOptimized images"));
+                }
+                let g0 = local.div_ceil(s.grain);
+                // The last grain of an extent counts as whole: nothing lies past the capacity.
+                let end = local + n;
+                let g1 = if end >= s.capacity {
+                    end.div_ceil(s.grain)
+                } else {
+                    end / s.grain
+                };
+                let zeros_in = |from: u64, to: u64| -> Result<()> {
+                    if to <= from {
+                        return Ok(());
+                    }
+                    let zeros = vec![0u8; ((to - from) * SECTOR) as usize];
+                    s.write(from, &zeros, lba + done + (from - local), below)
+                };
+                if g1 > g0 && (standalone || s.has_zero_gte()) {
+                    zeros_in(local, g0 * s.grain)?;
+                    s.unmap_grains(g0, g1 - g0, s.has_zero_gte())?;
+                    zeros_in(g1 * s.grain, local + n)
+                } else {
+                    // Write zeros, allocating only where something else would show through.
+                    let mut at = local;
+                    while at < local + n {
+                        let (loc, run) = s.run(at, local + n - at)?;
+                        let run = run.clamp(1, local + n - at);
+                        let needed = match loc {
+                            GrainLoc::Data(_) | GrainLoc::Compressed(_) => true,
+                            GrainLoc::Zero => false,
+                            GrainLoc::Unallocated => !standalone,
+                        };
+                        if needed {
+                            zeros_in(at, at + run)?;
+                        }
+                        at += run;
+                    }
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        if let (Some(w), Some(slot)) = (&self.stream, self.extents.first())
+            && let Extent::Sparse(s) = &slot.extent
+        {
+            w.finish(s)?;
+        }
+        for slot in &self.extents {
+            match &slot.extent {
+                Extent::Flat { storage, .. } => storage.flush().io_context("flushing an extent", 0)?,
+                Extent::Sparse(s) => s.storage.flush().io_context("flushing an extent", 0)?,
+                Extent::Zero => {}
+            }
+        }
+        if let DescriptorHome::File { storage } = &self.home {
+            storage.flush().io_context("flushing the descriptor", 0)?;
+        }
+        Ok(())
+    }
+
+    fn block_status(&self, lba: u64, count: u64) -> Result<BlockStatus> {
+        let i = self.slot_index(lba);
+        let slot = self
+            .extents
+            .get(i)
+            .ok_or_else(|| Error::out_of_range(format!("sector {lba} lies past the last extent")))?;
+        let local = lba - slot.start;
+        let n = (slot.sectors - local).min(count).max(1);
+        Ok(match &slot.extent {
+            Extent::Zero => BlockStatus::new(n, Allocation::Zero),
+            Extent::Flat {
+                storage,
+                offset,
+                file_len,
+            } => {
+                // Holes in the host file (and the part past its end) read as zeros.
+                let at = offset + local * SECTOR;
+                let inside = file_len.saturating_sub(at) / SECTOR;
+                if inside == 0 {
+                    BlockStatus::new(n, Allocation::Zero)
+                } else {
+                    let (data, bytes) = storage
+                        .allocation(at, inside.min(n) * SECTOR)
+                        .io_context("querying holes", at)?;
+                    if data {
+                        BlockStatus::data_at(bytes.div_ceil(SECTOR).clamp(1, n), at)
+                    } else if bytes >= SECTOR {
+                        BlockStatus::new((bytes / SECTOR).min(n), Allocation::Zero)
+                    } else {
+                        BlockStatus::data_at(1, at)
+                    }
+                }
+            }
+            Extent::Sparse(s) => {
+                if let Some(w) = &self.stream
+                    && let Some(st) = w.block_status(s, local, n)
+                {
+                    return Ok(st);
+                }
+                let (loc, run) = s.run(local, n)?;
+                let run = run.clamp(1, n);
+                match loc {
+                    GrainLoc::Data(o) => BlockStatus::data_at(run, o),
+                    GrainLoc::Zero => BlockStatus::new(run, Allocation::Zero),
+                    GrainLoc::Unallocated => BlockStatus::new(run, Allocation::Unallocated),
+                    GrainLoc::Compressed(_) => {
+                        let mut m = run;
+                        while m < n {
+                            let (l, r) = s.run(local + m, n - m)?;
+                            if !matches!(l, GrainLoc::Compressed(_)) {
+                                break;
+                            }
+                            m += r.max(1);
+                        }
+                        BlockStatus::new(m.min(n), Allocation::Data)
+                    }
+                }
+            }
+        })
+    }
+
+    fn parent(&self) -> Option<&ParentRef> {
+        self.parent.as_ref()
+    }
+
+    fn verify_parent(&self, parent: &dyn Layer) -> Result<()> {
+        let (Some(p), Some(want)) = (parent.as_any().downcast_ref::<VmdkLayer>(), self.parent_cid) else {
+            return Ok(());
+        };
+        if want != NO_PARENT_CID && p.cid() != want {
+            return Err(Error::new(
+                ErrorKind::ParentMismatch,
+                format!(
+                    "parentCID {want:08x} does not match the parent's CID {:08x} (the parent was modified after the child was made)",
+                    p.cid()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn info(&self) -> LayerInfo {
+        let mut info = LayerInfo::new(Format::Vmdk, self.virtual_size());
+        info.cluster_size = self.extents.iter().find_map(|s| match &s.extent {
+            Extent::Sparse(x) => Some(x.grain_bytes()),
+            _ => None,
+        });
+        if let Some(p) = &self.parent {
+            info.backing_filename = Some(p.display.clone());
+            info.backing_format = Some(Format::Vmdk);
+        }
+        let extents = self
+            .extents
+            .iter()
+            .map(|s| {
+                let mut m: Vec<(String, InfoValue)> = vec![
+                    ("filename".into(), s.name.clone().into()),
+                    ("format".into(), s.kind.as_str().into()),
+                    ("virtual-size".into(), (s.sectors * SECTOR).into()),
+                ];
+                if let Extent::Sparse(x) = &s.extent {
+                    m.push(("cluster-size".into(), x.grain_bytes().into()));
+                    m.push(("compressed".into(), x.compressed().into()));
+                }
+                InfoValue::Map(m)
+            })
+            .collect();
+        info.specific = vec![
+            ("cid".into(), u64::from(self.cid()).into()),
+            (
+                "parent-cid".into(),
+                u64::from(self.parent_cid.unwrap_or(NO_PARENT_CID)).into(),
+            ),
+            ("create-type".into(), self.create_type.clone().into()),
+            ("extents".into(), InfoValue::List(extents)),
+        ];
+        info
+    }
+
+    fn check(&self, _repair: Repair) -> Result<CheckReport> {
+        let mut report = CheckReport::default();
+        let mut allocated = 0;
+        let mut total = 0;
+        for slot in &self.extents {
+            if let Extent::Sparse(s) = &slot.extent {
+                allocated += s.check(&mut report.corruptions, &slot.name)?;
+                total += s.capacity.div_ceil(s.grain);
+            }
+        }
+        if total > 0 {
+            report.allocated_clusters = Some(allocated);
+            report.total_clusters = Some(total);
+        }
+        Ok(report)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

@@ -1,0 +1,724 @@
+//! Grain-directory/grain-table extents: hosted sparse (KDMV, incl. stream-optimized), COWD
+//! (vmfsSparse) and seSparse. Reads, grain allocation and the bounded grain-table cache.
+
+use crate::format::{self, SECTOR};
+use disk_core::mapping::{Mapping, Run, read_mapped};
+use disk_core::{Disk, Error, IoResultExt, Result, Storage};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Bytes of grain tables kept in memory per extent.
+const GT_CACHE_BYTES: u64 = 8 << 20;
+
+/// How grain directory and grain table entries are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    /// Hosted sparse (KDMV) extent.
+    Kdmv {
+        /// Grains are deflate-compressed.
+        compressed: bool,
+        /// Grains are preceded by a [`format::GrainMarker`].
+        markers: bool,
+        /// GTE 1 means "zeroed grain".
+        zero_gte: bool,
+    },
+    /// COWD (vmfsSparse): 32-bit entries, read-only here.
+    Cowd,
+    /// seSparse: 64-bit typed entries, read-only here.
+    SeSparse {
+        /// Sector of the first grain table.
+        gt_base: u64,
+        /// Sector of the first grain.
+        grains_base: u64,
+    },
+}
+
+/// Where one grain lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GrainLoc {
+    /// Not in this extent.
+    Unallocated,
+    /// Reads as zeros.
+    Zero,
+    /// Uncompressed at this byte offset.
+    Data(u64),
+    /// Compressed (with or without a marker) at this byte offset.
+    Compressed(u64),
+}
+
+/// Layout of a table-based extent, as validated by the opener.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    /// Encoding of entries.
+    pub flavor: Flavor,
+    /// Capacity in sectors.
+    pub capacity: u64,
+    /// Sectors per grain.
+    pub grain: u64,
+    /// Entries per grain table.
+    pub gtes: u64,
+    /// Bytes per grain table entry (4 or 8).
+    pub entry_size: u64,
+    /// The grain directory entries.
+    pub gd: Vec<u64>,
+    /// Byte offset of the grain directory in the file.
+    pub gd_offset: u64,
+    /// The redundant grain directory entries and its byte offset, if kept.
+    pub rgd: Option<(Vec<u64>, u64)>,
+}
+
+/// Metadata changed under the allocation lock.
+#[derive(Debug)]
+struct Alloc {
+    /// Where the next grain goes (bytes).
+    next_free: u64,
+}
+
+/// A table-based extent.
+#[derive(Debug)]
+pub(crate) struct SparseExtent {
+    pub storage: Arc<dyn Storage>,
+    pub flavor: Flavor,
+    pub capacity: u64,
+    pub grain: u64,
+    pub gtes: u64,
+    entry_size: u64,
+    gd: RwLock<Vec<u64>>,
+    gd_offset: u64,
+    rgd: RwLock<Option<(Vec<u64>, u64)>>,
+    file_len: AtomicU64,
+    cache: Mutex<HashMap<u64, Arc<Vec<u64>>>>,
+    cache_max: usize,
+    last_grain: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    alloc: Mutex<Alloc>,
+}
+
+fn corrupt(msg: String, offset: u64) -> Error {
+    Error::corrupt(msg).in_structure("grain table").at_offset(offset)
+}
+
+impl SparseExtent {
+    /// Wrap a validated layout.
+    pub fn new(storage: Arc<dyn Storage>, layout: Layout, file_len: u64) -> Self {
+        let gt_bytes = (layout.gtes * 8).max(1);
+        let cache_max = usize::try_from((GT_CACHE_BYTES / gt_bytes).max(16)).unwrap_or(16);
+        SparseExtent {
+            storage,
+            flavor: layout.flavor,
+            capacity: layout.capacity,
+            grain: layout.grain,
+            gtes: layout.gtes,
+            entry_size: layout.entry_size,
+            gd: RwLock::new(layout.gd),
+            gd_offset: layout.gd_offset,
+            rgd: RwLock::new(layout.rgd),
+            file_len: AtomicU64::new(file_len),
+            cache: Mutex::new(HashMap::new()),
+            cache_max,
+            last_grain: Mutex::new(None),
+            alloc: Mutex::new(Alloc {
+                next_free: file_len.div_ceil(SECTOR) * SECTOR,
+            }),
+        }
+    }
+
+    /// Byte offset of the grain directory.
+    pub fn gd_offset(&self) -> u64 {
+        self.gd_offset
+    }
+
+    /// A copy of the grain directory entries.
+    pub fn gd_entries(&self) -> Vec<u64> {
+        self.gd.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Record that the file now extends to at least `end` bytes (stream appends).
+    pub fn grew(&self, end: u64) {
+        self.file_len.fetch_max(end, Ordering::AcqRel);
+    }
+
+    /// Current end of the file (bytes), as far as this extent has written it.
+    fn file_len(&self) -> u64 {
+        self.file_len.load(Ordering::Acquire)
+    }
+
+    /// Bytes per grain.
+    pub fn grain_bytes(&self) -> u64 {
+        self.grain * SECTOR
+    }
+
+    /// Whether grains can be written in place and allocated (uncompressed hosted sparse).
+    pub fn supports_writes(&self) -> bool {
+        matches!(self.flavor, Flavor::Kdmv { compressed: false, .. })
+    }
+
+    /// Whether grains are compressed.
+    pub fn compressed(&self) -> bool {
+        matches!(self.flavor, Flavor::Kdmv { compressed: true, .. })
+    }
+
+    fn gt_bytes(&self) -> u64 {
+        self.gtes * self.entry_size
+    }
+
+    /// Byte offset of grain table `i` (from GD entry `entry`), if allocated.
+    fn gt_offset(&self, entry: u64) -> Result<Option<u64>> {
+        if entry == 0 {
+            return Ok(None);
+        }
+        let sector = match self.flavor {
+            Flavor::SeSparse { gt_base, .. } => {
+                if entry & 0xffff_ffff_0000_0000 != 0x1000_0000_0000_0000 {
+                    return Err(corrupt(format!("bad seSparse grain directory entry {entry:#x}"), 0));
+                }
+                let per = self.gt_bytes() / SECTOR;
+                (entry & 0xffff_ffff)
+                    .checked_mul(per)
+                    .and_then(|s| s.checked_add(gt_base))
+            }
+            _ => Some(entry),
+        };
+        let off = sector.and_then(|s| s.checked_mul(SECTOR));
+        match off {
+            Some(o) if o.checked_add(self.gt_bytes()).is_some_and(|e| e <= self.file_len()) => Ok(Some(o)),
+            _ => Err(corrupt(
+                format!("grain table at sector {entry:#x} lies past the end of the file"),
+                0,
+            )),
+        }
+    }
+
+    /// Grain table `gd_index`, from the cache or the file. Misses are read with the cache locked,
+    /// so an entry updated by [`Self::set_entry`] can never be replaced by a stale copy.
+    fn table(&self, gd_index: u64) -> Result<Option<Arc<Vec<u64>>>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = cache.get(&gd_index) {
+            return Ok(Some(t.clone()));
+        }
+        let entry = {
+            let gd = self.gd.read().unwrap_or_else(|e| e.into_inner());
+            match usize::try_from(gd_index).ok().and_then(|i| gd.get(i)) {
+                Some(&e) => e,
+                None => return Ok(None),
+            }
+        };
+        let Some(off) = self.gt_offset(entry)? else {
+            return Ok(None);
+        };
+        let mut raw = vec![0u8; usize::try_from(self.gt_bytes()).unwrap_or(0)];
+        self.storage
+            .read_at(&mut raw, off)
+            .io_context("reading a grain table", off)
+            .map_err(|e| e.in_structure("grain table"))?;
+        let table: Vec<u64> = if self.entry_size == 4 {
+            raw.chunks_exact(4)
+                .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                .collect()
+        } else {
+            raw.chunks_exact(8)
+                .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect()
+        };
+        let table = Arc::new(table);
+        if cache.len() >= self.cache_max {
+            cache.clear();
+        }
+        cache.insert(gd_index, table.clone());
+        Ok(Some(table))
+    }
+
+    /// Where grain `g` lives.
+    pub fn lookup(&self, g: u64) -> Result<GrainLoc> {
+        let Some(table) = self.table(g / self.gtes)? else {
+            return Ok(GrainLoc::Unallocated);
+        };
+        let e = table
+            .get(usize::try_from(g % self.gtes).unwrap_or(usize::MAX))
+            .copied()
+            .unwrap_or(0);
+        let sector_to_byte = |s: u64| {
+            s.checked_mul(SECTOR)
+                .ok_or_else(|| corrupt(format!("grain {g}: entry {s:#x} overflows"), 0))
+        };
+        match self.flavor {
+            Flavor::Kdmv {
+                compressed, zero_gte, ..
+            } => match e {
+                0 => Ok(GrainLoc::Unallocated),
+                1 if zero_gte => Ok(GrainLoc::Zero),
+                s if compressed => Ok(GrainLoc::Compressed(sector_to_byte(s)?)),
+                s => Ok(GrainLoc::Data(sector_to_byte(s)?)),
+            },
+            Flavor::Cowd => match e {
+                0 => Ok(GrainLoc::Unallocated),
+                s => Ok(GrainLoc::Data(sector_to_byte(s)?)),
+            },
+            Flavor::SeSparse { grains_base, .. } => match e >> 60 {
+                0 if e == 0 => Ok(GrainLoc::Unallocated),
+                1 | 2 => Ok(GrainLoc::Zero),
+                3 => {
+                    let index = ((e & 0x0fff_0000_0000_0000) >> 48) | ((e & 0x0000_ffff_ffff_ffff) << 12);
+                    let s = index
+                        .checked_mul(self.grain)
+                        .and_then(|s| s.checked_add(grains_base))
+                        .ok_or_else(|| corrupt(format!("grain {g}: entry {e:#x} overflows"), 0))?;
+                    Ok(GrainLoc::Data(sector_to_byte(s)?))
+                }
+                _ => Err(corrupt(format!("grain {g}: bad seSparse entry {e:#x}"), 0)),
+            },
+        }
+    }
+
+    /// The run starting at extent sector `lba` (at most `max` sectors) with one mapping,
+    /// merging grains stored contiguously.
+    pub fn run(&self, lba: u64, max: u64) -> Result<(GrainLoc, u64)> {
+        if lba >= self.capacity {
+            return Ok((GrainLoc::Unallocated, max));
+        }
+        let max = max.min(self.capacity - lba);
+        let g = lba / self.grain;
+        let within = lba % self.grain;
+        let first = self.lookup(g)?;
+        let first = match first {
+            GrainLoc::Data(o) => GrainLoc::Data(o + within * SECTOR),
+            other => other,
+        };
+        let mut n = (self.grain - within).min(max);
+        let mut next = g + 1;
+        while n < max {
+            let loc = self.lookup(next)?;
+            let same = match (first, loc) {
+                (GrainLoc::Data(o), GrainLoc::Data(p)) => p == o + n * SECTOR,
+                (GrainLoc::Unallocated, GrainLoc::Unallocated) | (GrainLoc::Zero, GrainLoc::Zero) => true,
+                _ => false,
+            };
+            if !same {
+                break;
+            }
+            n = (n + self.grain).min(max);
+            next += 1;
+        }
+        Ok((first, n))
+    }
+
+    /// Read extent sectors from `lba` into `buf`; `global` is the disk LBA of `lba` (for `below`).
+    pub fn read(&self, lba: u64, buf: &mut [u8], global: u64, below: &dyn Disk) -> Result<()> {
+        if !self.compressed() {
+            return read_mapped(global, buf, SECTOR as u32, &*self.storage, below, |at, max| {
+                let (loc, n) = self.run(at - global + lba, max)?;
+                let mapping = match loc {
+                    GrainLoc::Data(o) => Mapping::Data(o),
+                    GrainLoc::Zero => Mapping::Zero,
+                    GrainLoc::Unallocated | GrainLoc::Compressed(_) => Mapping::Unallocated,
+                };
+                Ok(Run { sectors: n, mapping })
+            });
+        }
+        let total = buf.len() as u64 / SECTOR;
+        let mut runs = Vec::new();
+        let mut done = 0u64;
+        while done < total {
+            let (loc, n) = self.run(lba + done, total - done)?;
+            let n = n.clamp(1, total - done);
+            runs.push((done, n, loc));
+            done += n;
+        }
+        // Large reads inflate their grains on all cores.
+        let grains: Vec<(u64, u64)> = runs
+            .iter()
+            .filter_map(|&(d, _, loc)| match loc {
+                GrainLoc::Compressed(o) => Some((o, (lba + d) / self.grain)),
+                _ => None,
+            })
+            .collect();
+        let inflated = self.inflate_many(&grains)?;
+        for (d, n, loc) in runs {
+            let at = lba + d;
+            let piece = &mut buf[(d * SECTOR) as usize..((d + n) * SECTOR) as usize];
+            match loc {
+                GrainLoc::Unallocated => below.read(global + d, piece)?,
+                GrainLoc::Zero => piece.fill(0),
+                GrainLoc::Data(o) => self.storage.read_at(piece, o).io_context("reading a grain", o)?,
+                GrainLoc::Compressed(o) => {
+                    let data = match inflated.iter().find(|(off, _)| *off == o) {
+                        Some((_, data)) => data.clone(),
+                        None => self.inflate(o, at / self.grain)?,
+                    };
+                    let start = ((at % self.grain) * SECTOR) as usize;
+                    piece.copy_from_slice(&data[start..start + piece.len()]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Inflate several grains (offset, index) in parallel when there are enough to be worth it.
+    fn inflate_many(&self, grains: &[(u64, u64)]) -> Result<Vec<(u64, Arc<Vec<u8>>)>> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if grains.len() < 4 || threads < 2 {
+            return Ok(Vec::new());
+        }
+        let per = grains.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = grains
+                .chunks(per)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|&(o, g)| self.inflate(o, g).map(|d| (o, d)))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(grains.len());
+            for h in handles {
+                out.extend(h.join().map_err(|_| Error::corrupt("grain inflation panicked"))??);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Decompress the grain stored at byte `offset` (one grain is kept decompressed).
+    pub fn inflate(&self, offset: u64, g: u64) -> Result<Arc<Vec<u8>>> {
+        if let Some((o, data)) = &*self.last_grain.lock().unwrap_or_else(|e| e.into_inner())
+            && *o == offset
+        {
+            return Ok(data.clone());
+        }
+        let gb = self.grain_bytes();
+        let markers = matches!(self.flavor, Flavor::Kdmv { markers: true, .. });
+        let bad = |why: String| Error::corrupt(format!("compressed grain {g}: {why}")).at_offset(offset);
+        let (start, len) = if markers {
+            let mut m = [0u8; 12];
+            self.storage
+                .read_at(&mut m, offset)
+                .io_context("reading a grain marker", offset)?;
+            let size = u64::from(u32::from_le_bytes([m[8], m[9], m[10], m[11]]));
+            (offset + 12, size)
+        } else {
+            (offset, (gb * 2 + 4096).min(self.file_len().saturating_sub(offset)))
+        };
+        if len == 0 || len > gb * 2 + 4096 || start.checked_add(len).is_none_or(|e| e > self.file_len()) {
+            return Err(bad(format!("compressed size {len} is invalid")));
+        }
+        let mut packed = vec![0u8; len as usize];
+        self.storage
+            .read_at(&mut packed, start)
+            .io_context("reading a compressed grain", start)?;
+        // Inflate straight into a whole grain (a short stream leaves zeros, as QEMU reads it).
+        let mut data = vec![0u8; gb as usize];
+        miniz_oxide::inflate::decompress_slice_iter_to_slice(&mut data, std::iter::once(&packed[..]), true, false)
+            .map_err(|status| bad(format!("cannot inflate: {status:?}")))?;
+        let data = Arc::new(data);
+        *self.last_grain.lock().unwrap_or_else(|e| e.into_inner()) = Some((offset, data.clone()));
+        Ok(data)
+    }
+
+    /// Write extent sectors from `lba`; `global` is their disk LBA. Grains not yet allocated are
+    /// allocated at the end of the file: data first, a flush, then the grain tables (primary
+    /// and redundant) and, for new tables, the directories.
+    pub fn write(&self, lba: u64, buf: &[u8], global: u64, below: &dyn Disk) -> Result<()> {
+        if !matches!(self.flavor, Flavor::Kdmv { compressed: false, .. }) {
+            return Err(Error::unsupported(
+                "writing to compressed (streamOptimized), COWD or seSparse extents is not supported",
+            ));
+        }
+        let total = buf.len() as u64 / SECTOR;
+        let mut pending = Vec::new();
+        let mut done = 0u64;
+        while done < total {
+            let at = lba + done;
+            let within = at % self.grain;
+            let n = (self.grain - within).min(total - done);
+            let piece = &buf[(done * SECTOR) as usize..((done + n) * SECTOR) as usize];
+            match self.lookup(at / self.grain)? {
+                GrainLoc::Data(o) => {
+                    let o = o + within * SECTOR;
+                    self.storage.write_at(piece, o).io_context("writing a grain", o)?;
+                }
+                GrainLoc::Compressed(_) => return Err(Error::unsupported("cannot overwrite a compressed grain")),
+                GrainLoc::Unallocated | GrainLoc::Zero => pending.push((at, done, n)),
+            }
+            done += n;
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut alloc = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        let mut updates = Vec::new();
+        for (at, done, n) in pending {
+            let g = at / self.grain;
+            let within = at % self.grain;
+            let piece = &buf[(done * SECTOR) as usize..((done + n) * SECTOR) as usize];
+            let loc = self.lookup(g)?;
+            if let GrainLoc::Data(o) = loc {
+                // Allocated meanwhile by another writer.
+                let o = o + within * SECTOR;
+                self.storage.write_at(piece, o).io_context("writing a grain", o)?;
+                continue;
+            }
+            if updates.iter().any(|&(h, _)| h == g) {
+                let (_, off) = *updates.iter().find(|&&(h, _)| h == g).expect("present");
+                let o = off + within * SECTOR;
+                self.storage.write_at(piece, o).io_context("writing a grain", o)?;
+                continue;
+            }
+            let gb = self.grain_bytes() as usize;
+            let off = alloc.next_free;
+            if n == self.grain {
+                self.storage
+                    .write_at(piece, off)
+                    .io_context("writing a new grain", off)?;
+            } else {
+                let mut full = vec![0u8; gb];
+                if loc == GrainLoc::Unallocated {
+                    let gstart = global + (at - lba) - within;
+                    let avail = below.sector_count().saturating_sub(gstart).min(self.grain);
+                    if avail > 0 {
+                        below.read(gstart, &mut full[..(avail * SECTOR) as usize])?;
+                    }
+                }
+                let s = (within * SECTOR) as usize;
+                full[s..s + piece.len()].copy_from_slice(piece);
+                self.storage
+                    .write_at(&full, off)
+                    .io_context("writing a new grain", off)?;
+            }
+            alloc.next_free = off + gb as u64;
+            self.file_len.fetch_max(alloc.next_free, Ordering::AcqRel);
+            updates.push((g, off));
+        }
+        if updates.is_empty() {
+            return Ok(());
+        }
+        self.storage.flush().io_context("flushing new grains", 0)?;
+        for (g, off) in updates {
+            self.set_entry(&mut alloc, g, off / SECTOR)?;
+        }
+        Ok(())
+    }
+
+    /// Point grain `g`'s entry at `value` in the primary and redundant grain tables, allocating
+    /// the tables if the directory has none for it.
+    fn set_entry(&self, alloc: &mut Alloc, g: u64, value: u64) -> Result<()> {
+        let gd_index = g / self.gtes;
+        let idx = usize::try_from(gd_index).map_err(|_| Error::corrupt("grain index overflows"))?;
+        let in_table = g % self.gtes;
+        let entry = u32::try_from(value)
+            .map_err(|_| Error::unsupported("the extent is too large for 32-bit grain table entries"))?;
+        let gd_entry = self.gd.read().unwrap_or_else(|e| e.into_inner()).get(idx).copied();
+        let Some(gd_entry) = gd_entry else {
+            return Err(
+                Error::corrupt(format!("grain {g} has no grain directory entry")).in_structure("grain directory")
+            );
+        };
+        let rgd_entry = self
+            .rgd
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|(r, _)| r.get(idx).copied());
+        let mut gt_offsets = Vec::new();
+        if gd_entry == 0 && value == 0 {
+            return Ok(());
+        }
+        if gd_entry == 0 {
+            // New tables: written complete (with the entry), flushed, then linked in.
+            let mut table = vec![0u8; self.gt_bytes() as usize];
+            let p = (in_table * 4) as usize;
+            table[p..p + 4].copy_from_slice(&entry.to_le_bytes());
+            let primary = alloc.next_free;
+            self.storage
+                .write_at(&table, primary)
+                .io_context("writing a grain table", primary)?;
+            alloc.next_free += self.gt_bytes().div_ceil(SECTOR) * SECTOR;
+            let redundant = if rgd_entry.is_some() {
+                let r = alloc.next_free;
+                self.storage
+                    .write_at(&table, r)
+                    .io_context("writing a grain table", r)?;
+                alloc.next_free += self.gt_bytes().div_ceil(SECTOR) * SECTOR;
+                Some(r)
+            } else {
+                None
+            };
+            self.file_len.fetch_max(alloc.next_free, Ordering::AcqRel);
+            self.storage.flush().io_context("flushing grain tables", primary)?;
+            let p_sector = u32::try_from(primary / SECTOR).map_err(|_| Error::unsupported("extent too large"))?;
+            let o = self.gd_offset + gd_index * 4;
+            self.storage
+                .write_at(&p_sector.to_le_bytes(), o)
+                .io_context("writing the grain directory", o)?;
+            self.gd.write().unwrap_or_else(|e| e.into_inner())[idx] = u64::from(p_sector);
+            if let Some(r) = redundant {
+                let r_sector = u32::try_from(r / SECTOR).map_err(|_| Error::unsupported("extent too large"))?;
+                let mut rgd = self.rgd.write().unwrap_or_else(|e| e.into_inner());
+                if let Some((entries, rgd_off)) = rgd.as_mut() {
+                    let o = *rgd_off + gd_index * 4;
+                    self.storage
+                        .write_at(&r_sector.to_le_bytes(), o)
+                        .io_context("writing the redundant grain directory", o)?;
+                    entries[idx] = u64::from(r_sector);
+                }
+            }
+        } else {
+            gt_offsets.push(gd_entry * SECTOR);
+            if let Some(r) = rgd_entry.filter(|&r| r != 0) {
+                gt_offsets.push(r * SECTOR);
+            }
+            for base in gt_offsets {
+                let o = base + in_table * 4;
+                if let Err(e) = self.storage.write_at(&entry.to_le_bytes(), o) {
+                    // The primary table may or may not hold the new entry now: forget the cached
+                    // copy so reads follow the file.
+                    self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(&gd_index);
+                    return Err(Error::io(e, "writing a grain table entry").at_offset(o));
+                }
+            }
+        }
+        if let Some(t) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&gd_index)
+            && let Some(slot) = Arc::make_mut(t).get_mut(in_table as usize)
+        {
+            *slot = u64::from(entry);
+        }
+        Ok(())
+    }
+
+    /// Make whole grains from `g` (count `n`) read as zeros (`zero`: a zeroed-grain entry) or
+    /// fall through (`Unallocated`), without writing data.
+    pub fn unmap_grains(&self, g: u64, n: u64, zero: bool) -> Result<()> {
+        let mut alloc = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        for i in g..g + n {
+            let loc = self.lookup(i)?;
+            let want = if zero { GrainLoc::Zero } else { GrainLoc::Unallocated };
+            if loc == want || (loc == GrainLoc::Unallocated && !zero) {
+                continue;
+            }
+            self.set_entry(&mut alloc, i, u64::from(zero))?;
+        }
+        Ok(())
+    }
+
+    /// Whether GTE 1 means zeroed grain here.
+    pub fn has_zero_gte(&self) -> bool {
+        matches!(self.flavor, Flavor::Kdmv { zero_gte: true, .. })
+    }
+
+    /// Check tables: entries past the end of file, grains used twice, GD vs redundant GD.
+    pub fn check(&self, errors: &mut Vec<String>, name: &str) -> Result<u64> {
+        let gd = self.gd.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let grains = self.capacity.div_ceil(self.grain);
+        let mut seen = std::collections::HashSet::new();
+        let mut allocated = 0u64;
+        for g in 0..grains {
+            match self.lookup(g) {
+                Ok(GrainLoc::Data(o) | GrainLoc::Compressed(o)) => {
+                    allocated += 1;
+                    if o >= self.file_len() {
+                        errors.push(format!("{name}: grain {g} points past the end of the file ({o:#x})"));
+                    } else if !seen.insert(o) {
+                        errors.push(format!("{name}: grain {g} at {o:#x} is used by another grain too"));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => errors.push(format!("{name}: grain {g}: {e}")),
+            }
+        }
+        if let Some((rgd, _)) = &*self.rgd.read().unwrap_or_else(|e| e.into_inner()) {
+            for (i, (a, b)) in gd.iter().zip(rgd).enumerate() {
+                if (*a == 0) != (*b == 0) {
+                    errors.push(format!(
+                        "{name}: grain directory entry {i} ({a:#x}) and its redundant copy ({b:#x}) disagree"
+                    ));
+                } else if *a != 0 {
+                    let primary = self.read_raw_table(*a)?;
+                    let backup = self.read_raw_table(*b)?;
+                    if primary != backup {
+                        errors.push(format!("{name}: grain table {i} differs from its redundant copy"));
+                    }
+                }
+            }
+        }
+        Ok(allocated)
+    }
+
+    fn read_raw_table(&self, entry: u64) -> Result<Vec<u8>> {
+        let Some(off) = self.gt_offset(entry)? else {
+            return Ok(Vec::new());
+        };
+        let mut raw = vec![0u8; self.gt_bytes() as usize];
+        self.storage
+            .read_at(&mut raw, off)
+            .io_context("reading a grain table", off)?;
+        Ok(raw)
+    }
+}
+
+/// Largest grain directory read into memory (a 64 TiB seSparse disk needs 32 MiB).
+const MAX_DIRECTORY_BYTES: u64 = 64 << 20;
+
+/// Read the little-endian entries of a directory of `count` entries of `size` bytes at `offset`,
+/// bounded by `file_len`.
+pub(crate) fn read_directory(
+    storage: &dyn Storage,
+    offset: u64,
+    count: u64,
+    size: u64,
+    file_len: u64,
+    what: &'static str,
+) -> Result<Vec<u64>> {
+    let bytes = count
+        .checked_mul(size)
+        .filter(|&b| b <= MAX_DIRECTORY_BYTES && offset.checked_add(b).is_some_and(|e| e <= file_len))
+        .ok_or_else(|| {
+            Error::corrupt(format!(
+                "{what} of {count} entries at {offset:#x} does not fit in the file"
+            ))
+            .in_structure(what)
+            .at_offset(offset)
+        })?;
+    let mut raw = vec![0u8; usize::try_from(bytes).map_err(|_| Error::corrupt("directory too large"))?];
+    storage
+        .read_at(&mut raw, offset)
+        .io_context("reading a grain directory", offset)
+        .map_err(|e| e.in_structure(what))?;
+    Ok(if size == 4 {
+        raw.chunks_exact(4)
+            .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect()
+    } else {
+        raw.chunks_exact(8)
+            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect()
+    })
+}
+
+/// Largest grain accepted, in sectors (16 MiB; VMware writes 64 KiB, mkimg 8 KiB).
+const MAX_GRAIN_SECTORS: u64 = 1 << 15;
+/// Most entries per grain table accepted (VMware writes 512, COWD and seSparse 4096).
+const MAX_GTES: u64 = 1 << 16;
+
+/// Validate grain and grain table sizes and the capacity; returns the grain directory length.
+pub(crate) fn check_layout(capacity: u64, grain: u64, gtes: u64, what: &str) -> Result<u64> {
+    if grain == 0 || grain > MAX_GRAIN_SECTORS || gtes == 0 || gtes > MAX_GTES {
+        return Err(Error::corrupt(format!(
+            "{what}: grain size {grain} or {gtes} entries per grain table is invalid"
+        )));
+    }
+    if capacity.checked_mul(SECTOR).is_none() {
+        return Err(Error::corrupt(format!(
+            "{what}: capacity of {capacity} sectors is too large"
+        )));
+    }
+    Ok(capacity.div_ceil(grain).div_ceil(gtes))
+}
+
+/// Check bytes of a KDMV header are as the spec writes them.
+pub(crate) fn newline_ok(h: &format::SparseExtentHeader) -> bool {
+    h.single_end_line_char == b'\n'
+        && h.non_end_line_char == b' '
+        && h.double_end_line_char1 == b'\r'
+        && h.double_end_line_char2 == b'\n'
+}
