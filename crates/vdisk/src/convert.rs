@@ -3,8 +3,8 @@
 use crate::{CreateOptions, Disk, Format, OpenOptions, create, open};
 use disk_core::ops::{self, CopyOptions, CopyStats};
 use disk_core::{FsPolicy, FsResolver, Options, Result, ResultExt};
-use std::sync::Arc;
 use std::path::Path;
+use std::sync::Arc;
 
 /// How [`convert`] writes its output.
 pub struct ConvertOptions<'a> {
@@ -28,7 +28,13 @@ pub fn convert(src: &dyn Disk, dst: impl AsRef<Path>, options: ConvertOptions<'_
     let result = (|| {
         // The new image's own extent files (split and flat VMDK) lie beside it.
         let own_files = Arc::new(FsResolver::new(FsPolicy::SameDirectory));
-        let out = open(dst, &OpenOptions::new().format(Some(options.format)).writable(true).resolver(own_files))?;
+        let out = open(
+            dst,
+            &OpenOptions::new()
+                .format(Some(options.format))
+                .writable(true)
+                .resolver(own_files),
+        )?;
         let stats = ops::copy(
             src,
             &out,
