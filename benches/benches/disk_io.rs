@@ -27,9 +27,13 @@ type CreateFn = fn(&Path, u64) -> vdisk::Result<()>;
 /// The formats benchmarked: adding one is one line (name, how to create it).
 const FORMATS: &[(&str, CreateFn)] = &[
     ("raw", |path, size| create(path, size, Format::Raw, "")),
-    // ("vhd-dynamic", |path, size| create(path, size, Format::Vhd, "subformat=dynamic")),
+    ("vhd-dynamic", |path, size| {
+        create(path, size, Format::Vhd, "subformat=dynamic")
+    }),
     // ("vhdx-dynamic", |path, size| create(path, size, Format::Vhdx, "")),
-    // ("vmdk-sparse", |path, size| create(path, size, Format::Vmdk, "subformat=monolithicSparse")),
+    ("vmdk-sparse", |path, size| {
+        create(path, size, Format::Vmdk, "subformat=monolithicSparse")
+    }),
 ];
 
 fn create(path: &Path, size: u64, format: Format, options: &str) -> vdisk::Result<()> {
@@ -177,6 +181,35 @@ fn disk_io(c: &mut Criterion) {
             }
         }
     }
+
+    // Allocating writes: every iteration fills a fresh image front to back (64 KiB writes) and
+    // flushes, so each write allocates a block/grain (the raw row is the file system's cost).
+    let alloc_size = (image_size() / 4).max(1 << 20);
+    let mut group = c.benchmark_group("write-alloc-seq-64k");
+    group.throughput(Throughput::Bytes(alloc_size));
+    let buf: Vec<u8> = (0..64 << 10).map(fill_byte).collect();
+    for &(name, create) in FORMATS {
+        let path = fx.dir.path().join(format!("alloc.{name}"));
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter_custom(|iterations| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    let _ = std::fs::remove_file(&path);
+                    create(&path, alloc_size).expect("create");
+                    let disk = vdisk::open(&path, &OpenOptions::new().writable(true)).expect("open");
+                    let ss = u64::from(disk.sector_size());
+                    let start = std::time::Instant::now();
+                    for offset in (0..alloc_size).step_by(buf.len()) {
+                        disk.write(offset / ss, &buf).expect("write");
+                    }
+                    disk.flush().expect("flush");
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+    }
+    group.finish();
 
     let mut group = c.benchmark_group("open");
     for (name, _) in &fx.images {

@@ -334,12 +334,12 @@ impl Disk for Image {
         if count == 0 {
             return Err(Error::invalid_argument("block status of zero sectors"));
         }
-        Below {
+        let all = Below {
             layers: &self.layers,
             sector_size: self.sector_size(),
             sectors: self.sector_count(),
-        }
-        .block_status(lba, count)
+        };
+        self.named(all.block_status(lba, count))
     }
 }
 
@@ -403,7 +403,13 @@ impl Disk for Below<'_> {
         if lba >= own {
             return Ok(BlockStatus::new(range.count, Allocation::Unallocated));
         }
-        let status = next.layer.block_status(lba, range.count.min(own - lba))?;
+        let status = next
+            .layer
+            .block_status(lba, range.count.min(own - lba))
+            .map_err(|e| match &next.path {
+                Some(p) => e.with_file(p),
+                None => e,
+            })?;
         if status.allocation != Allocation::Unallocated || rest.is_empty() {
             return Ok(status);
         }
