@@ -91,12 +91,21 @@ pub enum FsPolicy {
 pub struct FsResolver {
     /// The policy.
     pub policy: FsPolicy,
+    /// Whether flushes of the files it opens reach stable storage (see
+    /// [`FileStorage::without_sync`]).
+    pub durable: bool,
 }
 
 impl FsResolver {
-    /// A resolver with `policy`.
+    /// A resolver with `policy` whose files flush durably.
     pub fn new(policy: FsPolicy) -> Self {
-        FsResolver { policy }
+        FsResolver { policy, durable: true }
+    }
+
+    /// The same resolver, opening files whose flushes are no-ops.
+    pub fn without_sync(mut self) -> Self {
+        self.durable = false;
+        self
     }
 }
 
@@ -192,8 +201,11 @@ impl Resolver for FsResolver {
                 }
             }
         }
-        let storage = FileStorage::open(&canonical, request.writable)
+        let mut storage = FileStorage::open(&canonical, request.writable)
             .map_err(|e| Error::io(e, format!("opening {} file", request.kind)).with_file(&canonical))?;
+        if !self.durable {
+            storage = storage.without_sync();
+        }
         Ok(Opened {
             storage: Arc::new(storage),
             path: canonical,

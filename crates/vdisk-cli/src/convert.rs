@@ -87,6 +87,10 @@ pub struct ConvertArgs {
     /// Show a progress bar.
     #[arg(short = 'p')]
     pub progress: bool,
+    /// Cache mode of DST, as in qemu-img: `unsafe` (default: no flushes, the host writes the data
+    /// back in its own time) or `writeback` (flush to stable storage before exiting).
+    #[arg(short = 't', value_name = "CACHE", default_value = "unsafe", value_parser = ["unsafe", "writeback"])]
+    pub cache: String,
     /// The image to copy (with its whole backing chain).
     pub src: PathBuf,
     /// The new standalone image.
@@ -127,6 +131,7 @@ pub fn run_convert(ctx: &Ctx, args: &ConvertArgs) -> CmdResult {
         format: dst_format,
         options,
         progress: if bar.is_some() { Some(&mut report) } else { None },
+        durable: args.cache == "writeback",
     };
     let result = vdisk::convert(&src, &args.dst, convert_options);
     if let Some(bar) = &bar {

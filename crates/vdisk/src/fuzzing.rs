@@ -32,7 +32,7 @@ pub fn targets() -> &'static [(&'static str, Target)] {
 /// probe it, then open it read-only (probed, and as each format in turn) with the default
 /// resolver, which refuses every parent and extent file. For each image that opens: `info`,
 /// `check`, and a walk over the disk by `block_status`, reading data runs in bounded chunks
-/// (at most [`MAX_READ`] bytes, [`MAX_RUNS`] runs) and the first sector of the other runs.
+/// (at most [`MAX_READ`] bytes, `MAX_RUNS` runs) and the first sector of the other runs.
 pub fn probe_open(data: &[u8]) {
     if data.len() > MAX_INPUT {
         return;
