@@ -6,7 +6,7 @@
 //! Extent files are opened only through the caller's [`disk_core::Resolver`].
 //!
 //! - [`descriptor`]: the text descriptor, parsed into lines so a rewrite (new CID) keeps
-//!   everything else; [`format`]: the on-disk structures.
+//!   everything else; [`mod@format`]: the on-disk structures.
 //! - Reads map each extent's sectors to data, zeros or "below" (the parent), with grain tables in
 //!   a bounded cache and one decompressed grain kept for small sequential reads.
 //! - Writes to hosted sparse extents allocate grains at the end of the file: grain data, a flush,
