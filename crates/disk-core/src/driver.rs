@@ -92,4 +92,75 @@ pub trait Driver: Send + Sync {
 
     /// Write a new image into `storage` (empty, freshly created) according to `spec`.
     fn create(&self, storage: &dyn Storage, spec: CreateSpec<'_>) -> Result<()>;
+
+    /// Bytes a new image created with `options` needs for `source` (`qemu-img measure`). The
+    /// default refuses with [`ErrorKind::Unsupported`].
+    fn measure(&self, options: &Options, source: &MeasureSource) -> Result<Measurement> {
+        let _ = (options, source);
+        Err(Error::unsupported(format!(
+            "measuring the size of {} images is not supported",
+            self.format()
+        )))
+    }
+}
+
+/// What a new image is measured for: a virtual size and the guest byte ranges that hold data
+/// (sorted, not overlapping; empty for `measure --size`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeasureSource {
+    /// Virtual size in bytes.
+    pub virtual_size: u64,
+    /// `(start, length)` of every guest range that holds data, in bytes.
+    pub data: Vec<(u64, u64)>,
+    /// Whether this describes an existing image (`measure SRC`) rather than a size alone.
+    pub measured_image: bool,
+}
+
+impl MeasureSource {
+    /// An empty disk of `virtual_size` bytes.
+    pub fn empty(virtual_size: u64) -> Self {
+        MeasureSource {
+            virtual_size,
+            data: Vec::new(),
+            measured_image: false,
+        }
+    }
+
+    /// How many aligned clusters of `cluster` bytes (a power of two or any positive size) hold
+    /// some data.
+    pub fn clusters(&self, cluster: u64) -> u64 {
+        let cluster = cluster.max(1);
+        let mut count = 0u64;
+        let mut last: Option<u64> = None;
+        for &(start, len) in &self.data {
+            if len == 0 {
+                continue;
+            }
+            let first = start / cluster;
+            let end = (start.saturating_add(len) - 1) / cluster;
+            let first = match last {
+                Some(l) if l >= first => l + 1,
+                _ => first,
+            };
+            if end >= first {
+                count += end - first + 1;
+            }
+            last = Some(last.map_or(end, |l| l.max(end)));
+        }
+        count
+    }
+
+    /// Bytes that hold data.
+    pub fn data_bytes(&self) -> u64 {
+        self.data.iter().map(|&(_, l)| l).sum()
+    }
+}
+
+/// How many bytes a new image needs, as `qemu-img measure` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Measurement {
+    /// Bytes needed for the given content.
+    pub required: u64,
+    /// Bytes needed once every block of the disk is written.
+    pub fully_allocated: u64,
 }

@@ -86,8 +86,71 @@ pub trait Layer: Send + Sync + Any {
         Ok(CheckReport::default())
     }
 
+    /// Change the virtual size to `new_size` bytes (a whole number of sectors, different from
+    /// the current size, checked by the caller against [`Layer::max_virtual_size`]), in place and
+    /// crash-safely: a crash at any write leaves the image opening with its old size and old
+    /// data, or its new size with all data of the common prefix. Data past a smaller new end is
+    /// dropped (the caller decided that). Afterwards this handle is stale: drop it and reopen
+    /// the image. Formats made of several files (split VMDK) create new ones through `files`.
+    /// The default refuses with [`ErrorKind::Unsupported`](crate::ErrorKind).
+    fn resize(&self, new_size: u64, files: &dyn crate::FileCreator) -> Result<()> {
+        let _ = (new_size, files);
+        Err(crate::Error::unsupported(format!(
+            "resizing {} images is not supported",
+            self.format()
+        )))
+    }
+
+    /// The largest virtual size this image can have (format and layout limits), if bounded.
+    fn max_virtual_size(&self) -> Option<u64> {
+        None
+    }
+
+    /// Whether this image may be resized on its own while it has a parent. Formats whose
+    /// children must keep their parent's size return `false`, and a resize of such a child is
+    /// refused; VHD and VMDK children may differ in size from their parents (sectors past the
+    /// parent's end read as zeros).
+    fn resizable_alone(&self) -> bool {
+        true
+    }
+
+    /// Record a new parent (`rebase`), or none (`None`: the image becomes standalone, where the
+    /// format can express that), updating the identity fields the format keeps (VHD parent
+    /// UUID and timestamp, VHDX parent linkage, VMDK `parentCID`). Data is not touched. The
+    /// default refuses with [`ErrorKind::Unsupported`](crate::ErrorKind).
+    fn set_parent(&self, parent: Option<&NewParent<'_>>) -> Result<()> {
+        let _ = parent;
+        Err(crate::Error::unsupported(format!(
+            "changing the parent of {} images is not supported",
+            self.format()
+        )))
+    }
+
     /// For engines that need their concrete type back (parent identity checks).
     fn as_any(&self) -> &dyn Any;
+}
+
+/// The parent [`Layer::set_parent`] records.
+#[derive(Clone, Copy)]
+pub struct NewParent<'a> {
+    /// The name to record (relative to the child's directory, or absolute), as the user gave it.
+    pub recorded: &'a str,
+    /// The parent's absolute host path, where known (absolute locators, timestamps).
+    pub absolute: Option<&'a std::path::Path>,
+    /// The child's own path, where known (relative locators).
+    pub child: Option<&'a std::path::Path>,
+    /// The parent image's top layer (identity fields).
+    pub layer: &'a dyn Layer,
+}
+
+impl std::fmt::Debug for NewParent<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewParent")
+            .field("recorded", &self.recorded)
+            .field("absolute", &self.absolute)
+            .field("format", &self.layer.format())
+            .finish()
+    }
 }
 
 /// A reference from a differencing image to its parent, as recorded in the child.

@@ -40,10 +40,12 @@ mod storage;
 pub mod testing;
 
 pub use disk::{Allocation, BlockStatus, Disk, SectorRange, write_zero_buffers};
-pub use driver::{BackingSpec, CreateSpec, Driver, FileCreator, LayerOpener, NoExtraFiles, OpenContext};
+pub use driver::{
+    BackingSpec, CreateSpec, Driver, FileCreator, LayerOpener, MeasureSource, Measurement, NoExtraFiles, OpenContext,
+};
 pub use error::{Error, ErrorContext, ErrorKind, IoResultExt, Result, ResultExt, display_chain};
 pub use image::{Image, MissingParent, OpenOptions};
-pub use layer::{CheckReport, InfoValue, Layer, LayerInfo, ParentRef, Repair};
+pub use layer::{CheckReport, InfoValue, Layer, LayerInfo, NewParent, ParentRef, Repair};
 pub use options::{Options, parse_size};
 pub use probe::{Format, probe, vhd_footer_checksum_ok};
 pub use raw::{RawDriver, RawLayer};

@@ -1,9 +1,10 @@
 //! The raw format: byte N of the file is byte N of the disk.
 
 use crate::disk::{Allocation, BlockStatus, Disk};
-use crate::driver::{CreateSpec, Driver, OpenContext};
+use crate::driver::{CreateSpec, Driver, MeasureSource, Measurement, OpenContext};
 use crate::error::{Error, IoResultExt, Result};
 use crate::layer::{Layer, LayerInfo};
+use crate::options::Options;
 use crate::probe::Format;
 use crate::storage::Storage;
 use std::any::Any;
@@ -106,6 +107,15 @@ impl Layer for RawLayer {
     fn info(&self) -> LayerInfo {
         LayerInfo::new(Format::Raw, self.size)
     }
+    fn resize(&self, new_size: u64, _files: &dyn crate::FileCreator) -> Result<()> {
+        if self.read_only {
+            return Err(Error::read_only());
+        }
+        self.storage
+            .set_len(new_size)
+            .io_context("changing the file size", new_size)?;
+        self.storage.flush().io_context("flushing the resized image", 0)
+    }
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -129,5 +139,20 @@ impl Driver for RawDriver {
         }
         storage.set_len(spec.size).io_context("setting the raw image size", 0)?;
         storage.flush().io_context("flushing the new image", 0)
+    }
+    /// `required` is the data a sparse copy stores (the whole size for `measure --size`, as
+    /// `qemu-img` counts it), `fully_allocated` the virtual size.
+    fn measure(&self, options: &Options, source: &MeasureSource) -> Result<Measurement> {
+        options.clone().finish()?;
+        let size = source.virtual_size;
+        let required = if source.data.is_empty() && source.virtual_size > 0 && !source.measured_image {
+            size
+        } else {
+            source.data_bytes().min(size)
+        };
+        Ok(Measurement {
+            required,
+            fully_allocated: size,
+        })
     }
 }

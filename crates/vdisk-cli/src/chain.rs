@@ -1,8 +1,9 @@
 //! `vdisk commit` and `vdisk rebase`: operations on a child and its parent.
 
 use crate::common::{CmdResult, Ctx, Failure, parse_format_opt};
+use crate::output::emit;
 use std::path::{Path, PathBuf};
-use vdisk::{Error, ErrorKind, Format, Image, MissingParent};
+use vdisk::{AfterCommit, Error, ErrorKind, Format, Image, MissingParent, OpenOptions};
 
 /// Arguments of `vdisk commit`.
 #[derive(Debug, clap::Args)]
@@ -10,6 +11,12 @@ pub struct CommitArgs {
     /// Image format (probed when absent).
     #[arg(short = 'f', value_name = "FMT")]
     pub format: Option<String>,
+    /// Afterwards replace the child by an empty one on the same parent (qemu-img's default).
+    #[arg(long, conflicts_with = "remove")]
+    pub empty: bool,
+    /// Afterwards delete the child.
+    #[arg(long)]
+    pub remove: bool,
     /// The child image whose data goes into its parent.
     pub file: PathBuf,
 }
@@ -34,8 +41,7 @@ pub struct RebaseArgs {
 }
 
 /// Open `file` read-only to learn what it is (a missing parent is fine: nothing is read from it).
-fn open_child(ctx: &Ctx, file: &Path, format: Option<&str>) -> Result<Image, Failure> {
-    let format = parse_format_opt(format)?;
+fn open_child(ctx: &Ctx, file: &Path, format: Option<Format>) -> Result<Image, Failure> {
     ctx.open(file, format, false, MissingParent::Placeholder)
 }
 
@@ -51,33 +57,48 @@ fn no_backing(file: &Path, format: Format, what: &str) -> Failure {
         .into()
 }
 
-/// The error for an operation whose engine support comes later.
-fn not_yet(file: &Path, format: Format, what: &str) -> Failure {
-    Error::new(
-        ErrorKind::Unsupported,
-        format!("{what} {format} images is not implemented yet"),
-    )
-    .with_file(file)
-    .into()
+fn open_options(ctx: &Ctx, format: Option<Format>) -> OpenOptions {
+    OpenOptions::new().resolver(ctx.resolver.clone()).format(format)
 }
 
 /// Run `vdisk commit`.
 pub fn run_commit(ctx: &Ctx, args: &CommitArgs) -> CmdResult {
-    let image = open_child(ctx, &args.file, args.format.as_deref())?;
-    let format = image.top().format();
-    if image.top().parent().is_none() {
-        return Err(no_backing(&args.file, format, "commit"));
+    let format = parse_format_opt(args.format.as_deref())?;
+    {
+        let image = open_child(ctx, &args.file, format)?;
+        if image.top().parent().is_none() {
+            return Err(no_backing(&args.file, image.top().format(), "commit"));
+        }
     }
-    Err(not_yet(&args.file, format, "committing"))
+    let after = if args.empty {
+        AfterCommit::Empty
+    } else if args.remove {
+        AfterCommit::Remove
+    } else {
+        AfterCommit::Keep
+    };
+    vdisk::commit_then(&args.file, &open_options(ctx, format), after)?;
+    emit("Image committed.\n");
+    Ok(0)
 }
 
 /// Run `vdisk rebase`.
 pub fn run_rebase(ctx: &Ctx, args: &RebaseArgs) -> CmdResult {
-    parse_format_opt(args.backing_format.as_deref())?;
-    let image = open_child(ctx, &args.file, args.format.as_deref())?;
-    let format = image.top().format();
-    if format == Format::Raw {
-        return Err(no_backing(&args.file, format, "rebase"));
+    let backing_format = parse_format_opt(args.backing_format.as_deref())?;
+    let format = parse_format_opt(args.format.as_deref())?;
+    {
+        let image = open_child(ctx, &args.file, format)?;
+        if image.top().format() == Format::Raw {
+            return Err(no_backing(&args.file, Format::Raw, "rebase"));
+        }
     }
-    Err(not_yet(&args.file, format, "rebasing"))
+    let backing = Some(args.backing.as_str()).filter(|b| !b.is_empty());
+    vdisk::rebase(
+        &args.file,
+        backing,
+        backing_format,
+        args.unsafe_mode,
+        &open_options(ctx, format),
+    )?;
+    Ok(0)
 }

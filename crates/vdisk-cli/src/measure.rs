@@ -4,7 +4,7 @@ use crate::common::{CmdResult, Ctx, in_file, parse_format, parse_format_opt, par
 use crate::output::{OutputFormat, emit, pretty_json};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
-use vdisk::disk_resize::{MeasureInput, measure};
+use vdisk::disk_resize::{MeasureSource, fitting_size, measure};
 use vdisk::{Disk, MissingParent, parse_size};
 
 /// Arguments of `vdisk measure`.
@@ -17,8 +17,12 @@ pub struct MeasureArgs {
     #[arg(short = 'o', value_name = "OPTS")]
     pub options: Vec<String>,
     /// Measure an empty image of this virtual size.
-    #[arg(long, value_name = "SIZE", conflicts_with_all = ["src", "format"], required_unless_present = "src")]
+    #[arg(long, value_name = "SIZE", conflicts_with_all = ["src", "format"], required_unless_present_any = ["src", "fit"])]
     pub size: Option<String>,
+    /// Instead: the largest virtual size whose image, fully allocated, fits in FILE_SIZE bytes
+    /// (for a host quota).
+    #[arg(long, value_name = "FILE_SIZE", conflicts_with_all = ["src", "format", "size"])]
+    pub fit: Option<String>,
     /// Format of SRC (probed when absent).
     #[arg(short = 'f', value_name = "FMT")]
     pub format: Option<String>,
@@ -33,21 +37,34 @@ pub struct MeasureArgs {
 pub fn run(ctx: &Ctx, args: &MeasureArgs) -> CmdResult {
     let target = parse_format(&args.output_format)?;
     let options = parse_options(&args.options)?;
+    if let Some(fit) = &args.fit {
+        let size = fitting_size(vdisk::driver(target)?, &options, parse_size(fit)?, 512)?;
+        let text = match args.output {
+            OutputFormat::Json => {
+                let mut o = Map::new();
+                o.insert("virtual-size".into(), size.into());
+                pretty_json(&Value::Object(o))
+            }
+            OutputFormat::Human => format!("largest virtual size: {size}\n"),
+        };
+        emit(&text);
+        return Ok(0);
+    }
     let input = match (&args.size, &args.src) {
-        (Some(size), _) => MeasureInput::Size(parse_size(size)?),
+        (Some(size), _) => MeasureSource::empty(parse_size(size)?),
         (None, Some(src)) => {
             let format = parse_format_opt(args.format.as_deref())?;
             let image = ctx.open(src, format, false, MissingParent::Fail)?;
             let entries = crate::map::entries(&image).map_err(|e| in_file(src, e))?;
-            let allocated = entries.iter().filter(|e| e.data).map(|e| e.length).sum();
-            MeasureInput::Image {
+            MeasureSource {
                 virtual_size: image.virtual_size(),
-                allocated,
+                data: entries.iter().filter(|e| e.data).map(|e| (e.start, e.length)).collect(),
+                measured_image: true,
             }
         }
         (None, None) => return Err(crate::common::Failure::new("either --size SIZE or SRC is required")),
     };
-    let m = measure(target, &options, input)?;
+    let m = measure(vdisk::driver(target)?, &options, &input)?;
     let text = match args.output {
         OutputFormat::Json => {
             let mut o = Map::new();

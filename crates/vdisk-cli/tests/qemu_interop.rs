@@ -22,7 +22,7 @@ fn data_runs(map: &Value) -> Vec<(u64, u64)> {
 
 #[test]
 fn qemu_compare_agrees_with_our_convert() {
-    if !have_qemu_img("qemu_compare_agrees_with_our_convert") {
+    if !qemu_img_available("qemu_compare_agrees_with_our_convert") {
         return;
     }
     let (_d, dir) = temp();
@@ -76,7 +76,7 @@ fn qemu_compare_agrees_with_our_convert() {
 
 #[test]
 fn map_json_matches_qemu() {
-    if !have_qemu_img("map_json_matches_qemu") {
+    if !qemu_img_available("map_json_matches_qemu") {
         return;
     }
     let (_d, dir) = temp();
@@ -108,7 +108,7 @@ fn map_json_matches_qemu() {
 
 #[test]
 fn our_compare_agrees_with_qemu_compare() {
-    if !have_qemu_img("our_compare_agrees_with_qemu_compare") {
+    if !qemu_img_available("our_compare_agrees_with_qemu_compare") {
         return;
     }
     let (_d, dir) = temp();
@@ -139,7 +139,7 @@ fn our_compare_agrees_with_qemu_compare() {
 
 #[test]
 fn info_and_measure_match_qemu() {
-    if !have_qemu_img("info_and_measure_match_qemu") {
+    if !qemu_img_available("info_and_measure_match_qemu") {
         return;
     }
     let (_d, dir) = temp();
@@ -172,7 +172,7 @@ fn info_and_measure_match_qemu() {
 
 #[test]
 fn qemu_reads_what_our_io_wrote_and_resize() {
-    if !have_qemu_img("qemu_reads_what_our_io_wrote_and_resize") {
+    if !qemu_img_available("qemu_reads_what_our_io_wrote_and_resize") {
         return;
     }
     let (_d, dir) = temp();

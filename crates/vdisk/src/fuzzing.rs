@@ -32,7 +32,8 @@ pub fn targets() -> &'static [(&'static str, Target)] {
 /// probe it, then open it read-only (probed, and as each format in turn) with the default
 /// resolver, which refuses every parent and extent file. For each image that opens: `info`,
 /// `check`, and a walk over the disk by `block_status`, reading data runs in bounded chunks
-/// (at most [`MAX_READ`] bytes, `MAX_RUNS` runs) and the first sector of the other runs.
+/// (at most [`MAX_READ`] bytes, `MAX_RUNS` runs) and the first sector of the other runs. Then a
+/// writable copy gets a few writes, which must read back after a flush and a reopen.
 pub fn probe_open(data: &[u8]) {
     if data.len() > MAX_INPUT {
         return;
@@ -47,6 +48,54 @@ pub fn probe_open(data: &[u8]) {
         let options = OpenOptions::new().format(format);
         if let Ok(image) = open_storage(storage.clone(), None, &options) {
             exercise(&image);
+        }
+    }
+    write_a_few(data);
+}
+
+/// How much a writable copy may grow while a few sectors are written (new blocks, logs).
+const WRITE_GROWTH: u64 = 64 << 20;
+
+/// Open a writable copy of `data` (probed), write a pattern to the first, a middle and the last
+/// sector, flush, reopen read-only and check that whatever was accepted reads back: a hostile
+/// image may refuse writes, never corrupt what it accepted or panic.
+fn write_a_few(data: &[u8]) {
+    let storage = MemStorage::with_limit(data.len() as u64 + WRITE_GROWTH);
+    if storage.write_at(data, 0).is_err() {
+        return;
+    }
+    let storage: Arc<dyn Storage> = Arc::new(storage);
+    let Ok(image) = open_storage(storage.clone(), None, &OpenOptions::new().writable(true)) else {
+        return;
+    };
+    let n = image.sector_count();
+    let ss = image.sector_size() as usize;
+    let mut written = Vec::new();
+    for (i, lba) in [0, n / 2, n.saturating_sub(1)].into_iter().enumerate() {
+        if lba >= n || written.iter().any(|&(l, _)| l == lba) {
+            continue;
+        }
+        let pattern = 0xa0 + i as u8;
+        if image.write(lba, &vec![pattern; ss]).is_ok() {
+            written.push((lba, pattern));
+        }
+    }
+    if image.flush().is_err() {
+        return;
+    }
+    drop(image);
+    let Ok(image) = open_storage(storage, None, &OpenOptions::new()) else {
+        panic!("an image that accepted writes and a flush no longer opens");
+    };
+    let mut buf = vec![0u8; ss];
+    for (lba, pattern) in written {
+        // A raw file of odd length keeps its length: only the part inside it holds data.
+        let inside = image.virtual_size().saturating_sub(lba * ss as u64).min(ss as u64) as usize;
+        if image.read(lba, &mut buf).is_ok() {
+            assert!(
+                buf[..inside].iter().all(|&b| b == pattern),
+                "sector {lba} does not read back what was written"
+            );
         }
     }
 }

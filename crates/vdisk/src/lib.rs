@@ -33,10 +33,12 @@
 mod convert;
 mod create;
 pub mod fuzzing;
+mod modify;
 mod registry;
 
 pub use convert::{ConvertOptions, convert};
 pub use create::{CreateOptions, create};
+pub use modify::{AfterCommit, commit, commit_then, flatten, rebase, resize};
 pub use registry::{driver, drivers};
 
 pub use disk_core::{

@@ -14,5 +14,5 @@ pub fn driver(format: Format) -> Result<&'static dyn Driver> {
 
 /// Every available engine.
 pub fn drivers() -> &'static [&'static dyn Driver] {
-    &[&RawDriver, &vhd1::VhdDriver, &vmdk::VmdkDriver]
+    &[&RawDriver, &vhd1::VhdDriver, &vhdx::VhdxDriver, &vmdk::VmdkDriver]
 }

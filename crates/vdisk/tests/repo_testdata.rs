@@ -3,36 +3,27 @@
 
 mod common;
 
-use common::content_digest;
+use common::{Manifest, content_digest};
 use std::path::Path;
-use vdisk::{Disk, Format, OpenOptions};
+use vdisk::{Disk, OpenOptions};
 
 #[test]
 fn samples_read_as_qemu_reads_them() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata");
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest = Manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata"));
+    let tmp = tempfile::tempdir().unwrap();
     let mut checked = 0;
-    for entry in manifest.as_array().unwrap() {
-        let name = entry["path"].as_str().unwrap();
-        let format: Format = entry["format"].as_str().unwrap().parse().unwrap();
-        let probed = vdisk::probe(
-            &vdisk::disk_core::FileStorage::open(dir.join(name), false).unwrap(),
-            None,
-        )
-        .unwrap();
+    for (entry, path) in manifest.images(tmp.path(), |_| true) {
+        let name = &entry.path;
+        let format = entry.format.unwrap_or_else(|| panic!("{name}: no format"));
+        let probed = vdisk::probe(&vdisk::disk_core::FileStorage::open(&path, false).unwrap(), None).unwrap();
         assert_eq!(probed, format, "{name} probes as {format}");
         if vdisk::driver(format).is_err() {
             eprintln!("skipped {name}: no {format} engine yet");
             continue;
         }
-        let image = vdisk::open(dir.join(name), &OpenOptions::new()).unwrap();
-        assert_eq!(image.virtual_size(), entry["virtual_size"].as_u64().unwrap(), "{name}");
-        assert_eq!(
-            content_digest(&image).unwrap(),
-            entry["content_digest"].as_str().unwrap(),
-            "{name}"
-        );
+        let image = vdisk::open(&path, &OpenOptions::new()).unwrap();
+        assert_eq!(Some(image.virtual_size()), entry.virtual_size, "{name}");
+        assert_eq!(Some(content_digest(&image).unwrap()), entry.content_digest, "{name}");
         checked += 1;
     }
     assert!(checked > 0, "at least the raw sample is checked");

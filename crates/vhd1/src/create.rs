@@ -29,12 +29,36 @@ pub struct VhdCreateOptions {
     /// `force_size`: `None` or `Some(true)` keep the exact size (our default); `Some(false)`
     /// rounds it up to a CHS geometry as QEMU does without `force_size`.
     pub force_size: Option<bool>,
+    /// `azure=on`: a fixed disk whose size is rounded up to a whole number of MiB, as Azure
+    /// requires of uploaded VHDs.
+    pub azure: bool,
+}
+
+/// Azure accepts only VHDs whose virtual size is a whole number of MiB.
+pub const AZURE_ALIGNMENT: u64 = 1 << 20;
+
+impl VhdCreateOptions {
+    /// The virtual size recorded for a requested `size` (rounded up for `azure`).
+    pub fn size_for(&self, size: u64) -> Result<u64> {
+        if !self.azure {
+            return Ok(size);
+        }
+        size.checked_next_multiple_of(AZURE_ALIGNMENT)
+            .ok_or_else(|| Error::invalid_argument(format!("size {size} exceeds the VHD maximum of 2040 GiB")))
+    }
 }
 
 impl VhdCreateOptions {
     /// Take `subformat`, `block_size` and `force_size` from `options`, refusing anything else.
     pub fn parse(mut options: disk_core::Options) -> Result<Self> {
+        let azure = options.take_bool("azure")?.unwrap_or(false);
         let fixed = match options.take_str("subformat").as_deref() {
+            None if azure => true,
+            Some("dynamic") if azure => {
+                return Err(Error::invalid_argument(
+                    "azure=on makes a fixed VHD: subformat must be fixed",
+                ));
+            }
             None | Some("dynamic") => false,
             Some("fixed") => true,
             Some(other) => {
@@ -56,10 +80,16 @@ impl VhdCreateOptions {
         };
         let force_size = options.take_bool("force_size")?;
         options.finish()?;
+        if azure && force_size == Some(false) {
+            return Err(Error::invalid_argument(
+                "azure=on keeps the exact (MiB-rounded) size: force_size=off does not apply",
+            ));
+        }
         Ok(VhdCreateOptions {
             fixed,
             block_size,
             force_size,
+            azure,
         })
     }
 }
@@ -68,7 +98,7 @@ impl VhdCreateOptions {
 /// blocks hold data (ignored for fixed disks): for `vdisk measure` (`required` with the
 /// source's allocated blocks at this block size, `fully-allocated` with all of them).
 pub fn file_size(size: u64, options: &VhdCreateOptions, allocated_blocks: u64) -> Result<u64> {
-    let (size, _) = size_and_geometry(size, options.force_size)?;
+    let (size, _) = size_and_geometry(options.size_for(size)?, options.force_size)?;
     if options.fixed {
         return Ok(size + FOOTER_SIZE);
     }
@@ -105,7 +135,7 @@ fn size_and_geometry(size: u64, force_size: Option<bool>) -> Result<(u64, Chs)> 
 /// Create the image `spec` describes in the empty `storage`.
 pub fn create(storage: &dyn Storage, spec: CreateSpec<'_>) -> Result<()> {
     let opts = VhdCreateOptions::parse(spec.options)?;
-    let (size, chs) = size_and_geometry(spec.size, opts.force_size)?;
+    let (size, chs) = size_and_geometry(opts.size_for(spec.size)?, opts.force_size)?;
     match (&spec.backing, opts.fixed) {
         (Some(_), true) => Err(Error::invalid_argument(
             "a VHD with a backing file is a differencing disk and cannot be fixed",
@@ -135,7 +165,7 @@ pub fn create(storage: &dyn Storage, spec: CreateSpec<'_>) -> Result<()> {
 }
 
 /// A parent file's modification time as a VHD timestamp.
-fn mtime_timestamp(path: &Path) -> Option<u32> {
+pub(crate) fn mtime_timestamp(path: &Path) -> Option<u32> {
     let unix = std::fs::metadata(path)
         .ok()?
         .modified()
@@ -149,7 +179,7 @@ fn mtime_timestamp(path: &Path) -> Option<u32> {
 /// The W2ru locator: the parent's path relative to the child's directory, Windows style
 /// (`.\name`), from the name the user gave or, for an absolute one, when the parent lies in or
 /// below the child's directory.
-fn relative_locator(recorded: &str, absolute: Option<&Path>, child: Option<&Path>) -> Option<String> {
+pub(crate) fn relative_locator(recorded: &str, absolute: Option<&Path>, child: Option<&Path>) -> Option<String> {
     let recorded_path = Path::new(recorded);
     let relative = if !recorded_path.is_absolute() && !recorded.contains(':') && !recorded.starts_with('\\') {
         recorded.to_string()
@@ -291,6 +321,16 @@ mod tests {
         assert_eq!(file_size(8 << 20, &dynamic, 99).unwrap(), 2560 + 4 * ((2 << 20) + 512));
         let fixed = VhdCreateOptions::parse(disk_core::Options::parse("subformat=fixed").unwrap()).unwrap();
         assert_eq!(file_size(1000, &fixed, 0).unwrap(), 1024 + 512);
+        let azure = VhdCreateOptions::parse(disk_core::Options::parse("azure=on").unwrap()).unwrap();
+        assert!(azure.fixed);
+        assert_eq!(file_size(1000, &azure, 0).unwrap(), (1 << 20) + 512);
+        assert_eq!(file_size(1 << 20, &azure, 0).unwrap(), (1 << 20) + 512);
+        for bad in ["azure=on,subformat=dynamic", "azure=on,force_size=off", "azure=maybe"] {
+            assert!(
+                VhdCreateOptions::parse(disk_core::Options::parse(bad).unwrap()).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //!   asked for (creator `vdsk`), like Hyper-V and Azure.
 //! - Allocating writes put the block (bitmap and data) at the end, move the footer, flush, and
 //!   only then point the BAT at it: a crash leaves every sector old or new.
+//! - Resizing ([`disk_core::Layer::resize`]) moves a fixed disk's footer, or grows a dynamic
+//!   disk's BAT in place (moving the data blocks in its way to the end of the file; a
+//!   differencing disk whose locators follow the BAT gets a BAT copy at the end instead) before
+//!   one atomic header sector and the footers switch to the new size; `set_parent` (rebase) records a
+//!   new parent's id, timestamp and locators.
 //!
 //! ```
 //! use disk_core::{CreateSpec, Disk, Driver, Image, MemStorage, NoExtraFiles, OpenOptions, Options, bytes};
@@ -43,6 +48,7 @@ pub mod header;
 mod info;
 mod layer;
 pub mod parent;
+mod resize;
 mod write;
 
 pub use create::{VhdCreateOptions, append_fixed_footer, file_size};
@@ -67,5 +73,21 @@ impl Driver for VhdDriver {
 
     fn create(&self, storage: &dyn Storage, spec: CreateSpec<'_>) -> Result<()> {
         create::create(storage, spec)
+    }
+
+    /// File sizes from [`file_size`]: `required` stores the blocks that hold data (all of a
+    /// fixed disk), `fully_allocated` every block.
+    fn measure(
+        &self,
+        options: &disk_core::Options,
+        source: &disk_core::MeasureSource,
+    ) -> Result<disk_core::Measurement> {
+        let opts = VhdCreateOptions::parse(options.clone())?;
+        let size = source.virtual_size;
+        let used = source.clusters(u64::from(opts.block_size));
+        Ok(disk_core::Measurement {
+            required: file_size(size, &opts, used)?,
+            fully_allocated: file_size(size, &opts, u64::MAX)?,
+        })
     }
 }

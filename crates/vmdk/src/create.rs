@@ -14,9 +14,9 @@ const GTES: u64 = 512;
 /// Sectors reserved for an embedded descriptor.
 const DESC_SECTORS: u64 = 20;
 /// Largest extent of the twoGbMaxExtent subformats, in sectors (2 GiB).
-const SPLIT_SECTORS: u64 = 4 << 20;
+pub(crate) const SPLIT_SECTORS: u64 = 4 << 20;
 /// Largest virtual size of sparse subformats (grain table entries are 32-bit sector numbers).
-const MAX_SIZE: u64 = 1 << 41;
+pub(crate) const MAX_SIZE: u64 = 1 << 41;
 
 /// The subformats `create` can make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +88,24 @@ fn header(capacity: u64, flags: u32, version: u32) -> SparseExtentHeader {
 
 /// Write a hosted sparse extent laid out as QEMU does: header, descriptor area, redundant grain
 /// directory and its tables, grain directory and its tables, then grains from a 64 KiB boundary.
-fn write_sparse(storage: &dyn Storage, capacity: u64, zeroed_grain: bool, desc: Option<&[u8]>) -> Result<()> {
+/// Sectors of metadata (header, descriptor area, both directories and all grain tables,
+/// rounded up to a grain) before the first grain of a sparse extent [`write_sparse`] makes.
+pub(crate) fn sparse_overhead(capacity: u64) -> u64 {
+    let gt_count = capacity.div_ceil(GRAIN).div_ceil(GTES);
+    let gt_sectors = (GTES * 4).div_ceil(SECTOR);
+    let gd_sectors = (gt_count * 4).div_ceil(SECTOR);
+    (1 + DESC_SECTORS + 2 * (gd_sectors + gt_sectors * gt_count)).div_ceil(GRAIN) * GRAIN
+}
+
+/// Bytes per grain of new sparse extents.
+pub(crate) const GRAIN_BYTES: u64 = GRAIN * SECTOR;
+
+pub(crate) fn write_sparse(
+    storage: &dyn Storage,
+    capacity: u64,
+    zeroed_grain: bool,
+    desc: Option<&[u8]>,
+) -> Result<()> {
     let grains = capacity.div_ceil(GRAIN);
     let gt_count = grains.div_ceil(GTES);
     let gt_sectors = (GTES * 4).div_ceil(SECTOR);

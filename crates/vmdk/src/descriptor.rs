@@ -321,6 +321,29 @@ impl Descriptor {
             .collect()
     }
 
+    /// Replace the extent lines with `extents` (where the old ones were; appended if none).
+    pub fn set_extents(&mut self, extents: &[ExtentLine]) {
+        let at = self
+            .lines
+            .iter()
+            .position(|l| matches!(l, Line::Extent { .. }))
+            .unwrap_or(self.lines.len());
+        let old: Vec<ExtentLine> = self.extents().into_iter().cloned().collect();
+        if old == extents {
+            return;
+        }
+        self.lines.retain(|l| !matches!(l, Line::Extent { .. }));
+        for (i, e) in extents.iter().enumerate() {
+            self.lines.insert(
+                at + i,
+                Line::Extent {
+                    extent: e.clone(),
+                    raw: None,
+                },
+            );
+        }
+    }
+
     /// `createType`.
     pub fn create_type(&self) -> Option<&str> {
         self.get("createType")

@@ -12,6 +12,8 @@ use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod resize;
+
 /// Where the descriptor lives, for rewriting it.
 #[derive(Debug)]
 pub(crate) enum DescriptorHome {
@@ -532,6 +534,18 @@ impl Layer for VmdkLayer {
             report.total_clusters = Some(total);
         }
         Ok(report)
+    }
+
+    fn resize(&self, new_size: u64, files: &dyn disk_core::FileCreator) -> Result<()> {
+        self.resize_in_place(new_size, files)
+    }
+
+    fn max_virtual_size(&self) -> Option<u64> {
+        self.size_limit()
+    }
+
+    fn set_parent(&self, parent: Option<&disk_core::NewParent<'_>>) -> Result<()> {
+        self.set_parent_in_place(parent)
     }
 
     fn as_any(&self) -> &dyn Any {

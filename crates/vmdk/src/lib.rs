@@ -17,6 +17,10 @@
 //!   writes directory, footer and end-of-stream marker. Other stream images refuse writes.
 //! - The first write of a session gives the image a new CID; children record their parent's CID
 //!   and [`disk_core::Layer::verify_parent`] checks it.
+//! - Resizing ([`disk_core::Layer::resize`]): a sparse extent's header is the atomic switch
+//!   (grain directories get room at the end of the file first); flat extents grow; split images
+//!   gain or lose 2 GiB extents; stream-optimized images are refused. `set_parent` (rebase)
+//!   rewrites `parentFileNameHint` and `parentCID`. `measure` sizes every subformat.
 //!
 //! ```
 //! use disk_core::{CreateSpec, Disk, DenyExternal, Driver, Image, MemStorage, NoExtraFiles, OpenContext, Options};
@@ -41,6 +45,7 @@ mod create;
 pub mod descriptor;
 pub mod format;
 mod layer;
+mod measure;
 mod open;
 mod sparse;
 mod stream;
@@ -67,6 +72,14 @@ impl Driver for VmdkDriver {
 
     fn create(&self, storage: &dyn Storage, spec: CreateSpec<'_>) -> Result<()> {
         create::create(storage, spec)
+    }
+
+    fn measure(
+        &self,
+        options: &disk_core::Options,
+        source: &disk_core::MeasureSource,
+    ) -> Result<disk_core::Measurement> {
+        measure::measure(options, source)
     }
 }
 

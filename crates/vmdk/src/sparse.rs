@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+mod resize;
+
 /// Bytes of grain tables kept in memory per extent.
 const GT_CACHE_BYTES: u64 = 8 << 20;
 

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{assert_same_as_raw, create, have, open, run};
+use common::{assert_same_as_raw, create, have, open, qemu_check_and_compare, run_tool};
 use disk_core::{Disk, Image, MemStorage, RawLayer, Storage};
 use std::sync::Arc;
 
@@ -78,12 +78,7 @@ fn created_subformats_pass_qemu_check_and_compare() {
         let disk = open(&img, false).unwrap();
         assert_same_as_raw(&disk, &raw);
         if qemu {
-            let p = img.to_str().unwrap();
-            run("qemu-img", &["check", "-f", "vmdk", p]);
-            run(
-                "qemu-img",
-                &["compare", "-f", "vmdk", "-F", "raw", p, raw.to_str().unwrap()],
-            );
+            qemu_check_and_compare(&img, "vmdk", &raw);
         }
     }
     let names: Vec<String> = std::fs::read_dir(dir.path())
@@ -124,10 +119,10 @@ fn child_over_our_parent_and_discard() {
     drop(c);
     if have("qemu-img") {
         let raw = dir.path().join("child.raw");
-        run("qemu-img", &["check", "-f", "vmdk", child.to_str().unwrap()]);
-        run(
+        run_tool("qemu-img", ["check", "-f", "vmdk", child.to_str().unwrap()]);
+        run_tool(
             "qemu-img",
-            &["convert", "-O", "raw", child.to_str().unwrap(), raw.to_str().unwrap()],
+            ["convert", "-O", "raw", child.to_str().unwrap(), raw.to_str().unwrap()],
         );
         let c = open(&child, false).unwrap();
         assert_same_as_raw(&c, &raw);
@@ -219,19 +214,7 @@ fn writes_allocate_missing_grain_tables() {
         let mut full = vec![0u8; 4 * MIB as usize];
         full[65536..65536 + data.len()].copy_from_slice(&data);
         std::fs::write(&raw, &full).unwrap();
-        run("qemu-img", &["check", img.to_str().unwrap()]);
-        run(
-            "qemu-img",
-            &[
-                "compare",
-                "-f",
-                "vmdk",
-                "-F",
-                "raw",
-                img.to_str().unwrap(),
-                raw.to_str().unwrap(),
-            ],
-        );
+        qemu_check_and_compare(&img, "vmdk", &raw);
     }
 }
 
@@ -304,22 +287,10 @@ fn stream_spanning_many_grain_tables_with_flushes() {
     let d = open(&img, false).unwrap();
     assert_same_as_raw(&d, &raw);
     if have("qemu-img") {
-        run("qemu-img", &["check", img.to_str().unwrap()]);
-        run(
-            "qemu-img",
-            &[
-                "compare",
-                "-f",
-                "vmdk",
-                "-F",
-                "raw",
-                img.to_str().unwrap(),
-                raw.to_str().unwrap(),
-            ],
-        );
+        qemu_check_and_compare(&img, "vmdk", &raw);
     }
     if have("vmdkinfo") {
-        let out = run("vmdkinfo", &[img.to_str().unwrap()]);
+        let out = run_tool("vmdkinfo", [img.to_str().unwrap()]);
         assert!(out.contains("Stream optimized"), "{out}");
     }
 }

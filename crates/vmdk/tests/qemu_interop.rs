@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{assert_same_as_raw, have, open, run};
+use common::{assert_same_as_raw, open, qemu_img_available, run_tool, tools_available};
 use disk_core::{Disk, ErrorKind};
 use std::path::Path;
 
@@ -22,21 +22,19 @@ fn qemu_write(img: &Path, writes: &[(u64, u64, u8)]) {
         args.push(format!("write -P {pat:#x} {off} {len}"));
     }
     args.push(img.to_str().unwrap().into());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run("qemu-io", &args);
+    run_tool("qemu-io", &args);
 }
 
 fn qemu_raw(img: &Path, raw: &Path) {
-    run(
+    run_tool(
         "qemu-img",
-        &["convert", "-O", "raw", img.to_str().unwrap(), raw.to_str().unwrap()],
+        ["convert", "-O", "raw", img.to_str().unwrap(), raw.to_str().unwrap()],
     );
 }
 
 #[test]
 fn qemu_subformats_read_identically() {
-    if !have("qemu-img") || !have("qemu-io") {
-        eprintln!("skipping: qemu-img/qemu-io not installed");
+    if !tools_available("qemu_subformats_read_identically", &["qemu-img", "qemu-io"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -53,15 +51,15 @@ fn qemu_subformats_read_identically() {
     {
         let img = dir.path().join(format!("img{i}.vmdk"));
         let raw = dir.path().join(format!("img{i}.raw"));
-        run(
+        run_tool(
             "qemu-img",
-            &["create", "-q", "-f", "vmdk", "-o", opts, img.to_str().unwrap(), "64M"],
+            ["create", "-q", "-f", "vmdk", "-o", opts, img.to_str().unwrap(), "64M"],
         );
         qemu_write(&img, WRITES);
         if opts.contains("zeroed_grain") {
-            run(
+            run_tool(
                 "qemu-io",
-                &["-f", "vmdk", "-c", "write -z 1M 128k", img.to_str().unwrap()],
+                ["-f", "vmdk", "-c", "write -z 1M 128k", img.to_str().unwrap()],
             );
         }
         qemu_raw(&img, &raw);
@@ -72,8 +70,7 @@ fn qemu_subformats_read_identically() {
 
 #[test]
 fn qemu_stream_optimized_reads_identically() {
-    if !have("qemu-img") {
-        eprintln!("skipping: qemu-img not installed");
+    if !qemu_img_available("qemu_stream_optimized_reads_identically") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -86,9 +83,9 @@ fn qemu_stream_optimized_reads_identically() {
     data[(10 << 20) - 10..].fill(0xfe);
     std::fs::write(&raw, &data).unwrap();
     let img = dir.path().join("s.vmdk");
-    run(
+    run_tool(
         "qemu-img",
-        &[
+        [
             "convert",
             "-O",
             "vmdk",
@@ -114,16 +111,15 @@ fn qemu_stream_optimized_reads_identically() {
 
 #[test]
 fn qemu_split_5g_and_child_chain() {
-    if !have("qemu-img") || !have("qemu-io") {
-        eprintln!("skipping: qemu-img/qemu-io not installed");
+    if !tools_available("qemu_split_5g_and_child_chain", &["qemu-img", "qemu-io"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("big.vmdk");
     let p = img.to_str().unwrap();
-    run(
+    run_tool(
         "qemu-img",
-        &[
+        [
             "create",
             "-q",
             "-f",
@@ -170,14 +166,14 @@ fn qemu_split_5g_and_child_chain() {
     // A child made by qemu-img, written by qemu-io, over a smaller parent.
     let parent = dir.path().join("parent.vmdk");
     let child = dir.path().join("child.vmdk");
-    run(
+    run_tool(
         "qemu-img",
-        &["create", "-q", "-f", "vmdk", parent.to_str().unwrap(), "64M"],
+        ["create", "-q", "-f", "vmdk", parent.to_str().unwrap(), "64M"],
     );
     qemu_write(&parent, common_writes());
-    run(
+    run_tool(
         "qemu-img",
-        &[
+        [
             "create",
             "-q",
             "-f",

@@ -9,6 +9,8 @@
 //!   [`DriverFactory`]) and call [`run_conformance`], or expand
 //!   [`conformance_tests!`](crate::conformance_tests) for one `#[test]` per check. The model
 //!   ([`Model`], [`Op`]) and strategies are public for engines' own property tests.
+//! - [`interop`]: for tests against other tools and real images: host tools, the manifests'
+//!   content digest, `../shared/testdata` and its `manifest.json`.
 //!
 //! ```
 //! use disk_core::RawDriver;
@@ -28,6 +30,7 @@ mod conformance;
 mod crash;
 mod crash_check;
 mod faulty;
+pub mod interop;
 mod model;
 mod strategy;
 #[cfg(test)]

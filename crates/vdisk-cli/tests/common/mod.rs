@@ -1,7 +1,10 @@
-//! Helpers shared by the CLI tests: running the binary, checking error output, raw fixtures.
+//! Helpers shared by the CLI tests: running the binary, checking error output, raw fixtures; and
+//! from the workspace's interop helpers, [`qemu_img_available`] (whether a test can use
+//! `qemu-img`, printing why it is skipped otherwise).
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
+pub use disk_core::testing::interop::qemu_img_available;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -73,18 +76,6 @@ pub fn sparse_raw(path: &Path, size: u64, pieces: &[(u64, u8, usize)]) {
 /// Bytes allocated on the host for `path`.
 pub fn allocated(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().blocks() * 512
-}
-
-/// Whether `qemu-img` can be run; prints why a test is skipped otherwise.
-pub fn have_qemu_img(test: &str) -> bool {
-    let ok = Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("{test}: skipped, qemu-img is not installed");
-    }
-    ok
 }
 
 /// Run `qemu-img` with `args`.

@@ -1,0 +1,447 @@
+//! Changing images in place: resize, commit, rebase, flatten, with files found and opened the
+//! way [`open`] does.
+
+use crate::{ConvertOptions, Disk, Format, Image, OpenOptions, convert, driver, open};
+use disk_core::{Error, ErrorKind, FileStorage, NewParent, Options, Result, ResultExt, recorded_to_path};
+use disk_resize::{Moved, ResizeOptions, Resized, SizeChange};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Change the virtual size of the image at `path` (only it: parents are not opened). See
+/// [`disk_resize::resize`] for the checks made before anything is written.
+///
+/// Extent files a shrink leaves out of a multi-file image (split VMDK) are deleted afterwards.
+pub fn resize(
+    path: impl AsRef<Path>,
+    change: SizeChange,
+    options: &ResizeOptions,
+    open: &OpenOptions,
+) -> Result<Resized> {
+    let path = path.as_ref();
+    let before = extent_files(path, options.format, open);
+    let resized = if is_descriptor_file(path, options.format) {
+        resize_through_copy(path, change, options, open)?
+    } else {
+        disk_resize::resize(path, change, options, open, &|f| driver(f))?
+    };
+    if resized.new_size < resized.old_size {
+        let after = extent_files(path, Some(resized.format), open);
+        let me = path.canonicalize().ok();
+        for dropped in before.iter().filter(|f| !after.contains(f)) {
+            if let Some(p) = recorded_to_path(dropped, Some(path))
+                && p.canonicalize().ok() != me
+            {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    Ok(resized)
+}
+
+/// Whether `path` is a VMDK text descriptor (its extents are other files).
+fn is_descriptor_file(path: &Path, format: Option<Format>) -> bool {
+    if format.is_some_and(|f| f != Format::Vmdk) {
+        return false;
+    }
+    let Ok(storage) = FileStorage::open(path, false) else {
+        return false;
+    };
+    let mut magic = [0u8; 4];
+    if disk_core::Storage::read_at(&storage, &mut magic, 0).is_err() {
+        return false;
+    }
+    let probed = format.map_or_else(|| crate::probe(&storage, Some(path)).ok(), Some);
+    probed == Some(Format::Vmdk) && &magic != b"KDMV" && &magic != b"COWD"
+}
+
+/// Resize a VMDK whose descriptor is a file of its own: extents change in place (invisibly to
+/// the old descriptor when growing), the new descriptor is written to a copy, flushed and
+/// renamed over the old one, so the switch is atomic however long the descriptor is.
+fn resize_through_copy(
+    path: &Path,
+    change: SizeChange,
+    options: &ResizeOptions,
+    open: &OpenOptions,
+) -> Result<Resized> {
+    let options = ResizeOptions {
+        format: Some(Format::Vmdk),
+        ..*options
+    };
+    through_copy(path, |temp| {
+        disk_resize::resize(temp, change, &options, open, &|f| driver(f))
+    })
+}
+
+/// Run `change` on a copy of the file at `path` beside it, then flush the copy and rename it
+/// over `path`. On failure the copy is removed and `path` is untouched.
+fn through_copy<T>(path: &Path, change: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.vdisk-update-{}", std::process::id()));
+    std::fs::copy(path, &temp).map_err(|e| Error::io(e, "copying the descriptor").with_file(&temp))?;
+    let result = (|| {
+        let out = change(&temp)?;
+        FileStorage::open(&temp, true)
+            .and_then(|s| s.file().sync_all())
+            .map_err(|e| Error::io(e, "flushing the new descriptor").with_file(&temp))?;
+        std::fs::rename(&temp, path)
+            .map_err(|e| Error::io(e, "renaming the new descriptor into place").with_file(path))?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(out)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result.map_err(|e: Error| {
+        if e.context().file.as_deref() == Some(temp.as_path()) {
+            strip_temp(e, path)
+        } else {
+            e
+        }
+    })
+}
+
+/// An error about the temporary copy, reported against the image.
+fn strip_temp(e: Error, path: &Path) -> Error {
+    let mut text = e.message().to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    Error::new(e.kind(), text).with_file(path)
+}
+
+/// The extent file names an image's `info` lists (none for single-file formats).
+fn extent_files(path: &Path, format: Option<Format>, options: &OpenOptions) -> Vec<String> {
+    let Ok(image) = open_single(path, format, false, options) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, value) in image.info().specific {
+        if key != "extents" {
+            continue;
+        }
+        if let crate::InfoValue::List(items) = value {
+            for item in items {
+                if let crate::InfoValue::Map(fields) = item {
+                    for (k, v) in fields {
+                        if let (true, crate::InfoValue::Str(name)) = (k == "filename", v) {
+                            out.push(name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Open only the image at `path` (no parents), writable or not.
+fn open_single(path: &Path, format: Option<Format>, writable: bool, options: &OpenOptions) -> Result<Image> {
+    let storage = FileStorage::open(path, writable).map_err(|e| Error::io(e, "cannot open image").with_file(path))?;
+    let format = match format {
+        Some(f) => f,
+        None => crate::probe(&storage, Some(path))
+            .map_err(|e| Error::io(e, "probing the image format"))
+            .with_file(path)?,
+    };
+    let layer = driver(format)?
+        .open(Arc::new(storage), &options.context(Some(path), writable))
+        .with_file(path)?;
+    Ok(Image::single(layer, Some(path.to_path_buf())))
+}
+
+fn with_format(options: &OpenOptions, format: Option<Format>, writable: bool) -> OpenOptions {
+    let mut o = options.clone();
+    o.format = format;
+    o.writable = writable;
+    o
+}
+
+/// Merge the data of the image at `path` into its parent (`qemu-img commit`). The parent is
+/// written and flushed first (grown first if it is smaller); the child is left as it was, still
+/// reading the same, and only its record of the parent's identity is refreshed where the format
+/// ties it to the parent's content (VMDK `parentCID`). `options` gives the resolver and the
+/// child's format.
+pub fn commit(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Moved> {
+    commit_then(path, options, AfterCommit::Keep)
+}
+
+/// What happens to the child once its data is in the parent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AfterCommit {
+    /// Keep it as it is (it reads the same as before).
+    #[default]
+    Keep,
+    /// Replace it by an empty child of the parent (same format, size and block size), written
+    /// beside it and renamed over it: `qemu-img commit`'s default.
+    Empty,
+    /// Delete it.
+    Remove,
+}
+
+/// [`commit`], then do `after` with the child.
+pub fn commit_then(path: impl AsRef<Path>, options: &OpenOptions, after: AfterCommit) -> Result<Moved> {
+    let path = path.as_ref();
+    let moved = commit_data_into_parent(path, options)?;
+    match after {
+        AfterCommit::Keep => {}
+        AfterCommit::Remove => {
+            std::fs::remove_file(path).map_err(|e| Error::io(e, "removing the committed image").with_file(path))?;
+        }
+        AfterCommit::Empty => empty_child(path, options)?,
+    }
+    Ok(moved)
+}
+
+/// Replace the child at `path` by an empty one on the same parent.
+fn empty_child(path: &Path, options: &OpenOptions) -> Result<()> {
+    let child = open(path, &with_format(options, options.format, false))?;
+    let top = child.top();
+    let format = top.format();
+    let (_, parent_path) = child.layers().nth(1).ok_or_else(|| Error::corrupt("no parent layer"))?;
+    let parent_path = parent_path.ok_or_else(|| Error::unsupported("the parent is not a file"))?;
+    let parent_format = child.layers().nth(1).map(|(l, _)| l.format());
+    let same_dir = path
+        .parent()
+        .and_then(|d| d.canonicalize().ok())
+        .zip(parent_path.parent())
+        .is_some_and(|(a, b)| a == b);
+    let recorded = if same_dir {
+        parent_path.file_name().map(|n| n.to_string_lossy().into_owned())
+    } else {
+        None
+    }
+    .unwrap_or_else(|| parent_path.to_string_lossy().into_owned());
+    let mut create = crate::CreateOptions::new(format, child.virtual_size());
+    create.backing = Some(recorded);
+    create.backing_format = parent_format;
+    create.resolver = options.resolver.clone();
+    match format {
+        Format::Vhd => {
+            if let Some(bs) = top.info().cluster_size {
+                create.options.set("block_size", &bs.to_string());
+            }
+        }
+        Format::Vmdk => {
+            let single = top
+                .as_any()
+                .downcast_ref::<crate::vmdk::VmdkLayer>()
+                .is_some_and(|v| v.create_type() == "monolithicSparse");
+            if !single {
+                return Err(
+                    Error::unsupported("only monolithicSparse VMDK children can be emptied in place").with_file(path),
+                );
+            }
+        }
+        other => {
+            return Err(Error::unsupported(format!("emptying {other} images is not supported")).with_file(path));
+        }
+    }
+    drop(child);
+    crate::create(path, &create)
+}
+
+fn commit_data_into_parent(path: &Path, options: &OpenOptions) -> Result<Moved> {
+    let (parent_path, parent_format, child_size, parent_ref) = {
+        let child = open(path, &with_format(options, options.format, false))?;
+        let parent_ref = child.top().parent().cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                "cannot commit: the image has no backing file",
+            )
+            .with_file(path)
+        })?;
+        let (layer, parent_path) = child.layers().nth(1).ok_or_else(|| Error::corrupt("no parent layer"))?;
+        let parent_path = parent_path
+            .ok_or_else(|| Error::unsupported("cannot commit into a parent that is not a file"))?
+            .to_path_buf();
+        (parent_path, layer.format(), child.virtual_size(), parent_ref)
+    };
+    let parent_opts = with_format(options, Some(parent_format), true);
+    {
+        let parent = open_single(&parent_path, Some(parent_format), false, options)?;
+        if parent.virtual_size() < child_size {
+            drop(parent);
+            resize(
+                &parent_path,
+                SizeChange::To(child_size),
+                &ResizeOptions {
+                    format: Some(parent_format),
+                    ..ResizeOptions::default()
+                },
+                options,
+            )?;
+        }
+    }
+    let moved = {
+        let child = open(path, &with_format(options, options.format, false))?;
+        let parent = open(&parent_path, &parent_opts)?;
+        disk_resize::commit_data(&child, &parent, |_, _| {}).with_file(&parent_path)?
+    };
+    // The child still reads the same; refresh its record of the parent where that changed.
+    let child = open_single(path, options.format, false, options)?;
+    let parent = open_single(&parent_path, Some(parent_format), false, options)?;
+    if child.top().verify_parent(parent.top()).is_err() {
+        drop(child);
+        let child = open_single(path, options.format, true, options)?;
+        child
+            .top()
+            .set_parent(Some(&NewParent {
+                recorded: &parent_ref.display,
+                absolute: Some(&parent_path),
+                child: Some(path),
+                layer: parent.top(),
+            }))
+            .with_file(path)?;
+    }
+    Ok(moved)
+}
+
+/// Point the image at `path` at another parent (`qemu-img rebase`). `backing` is the name to
+/// record (relative to the image's directory; `None`: no parent). Safe mode (`unsafe_mode`
+/// false) first copies into the child whatever differs between the old and the new parent, so
+/// the guest view does not change; unsafe mode only rewrites the reference and identity fields.
+pub fn rebase(
+    path: impl AsRef<Path>,
+    backing: Option<&str>,
+    backing_format: Option<Format>,
+    unsafe_mode: bool,
+    options: &OpenOptions,
+) -> Result<Moved> {
+    let path = path.as_ref();
+    let backing = backing.filter(|b| !b.is_empty());
+    let new_parent = match backing {
+        Some(recorded) => {
+            let p = recorded_to_path(recorded, Some(path))
+                .ok_or_else(|| Error::invalid_argument(format!("backing file '{recorded}' is not a usable path")))?;
+            let image = open(&p, &with_format(options, backing_format, false))?;
+            let me = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+            if image
+                .layers()
+                .any(|(_, lp)| lp.is_some_and(|lp| lp.canonicalize().ok().as_deref() == Some(&me)))
+            {
+                return Err(Error::invalid_argument(format!(
+                    "'{recorded}' is (or is based on) the image itself: the chain would loop"
+                ))
+                .with_file(path));
+            }
+            Some((recorded, p.canonicalize().unwrap_or(p), image))
+        }
+        None => None,
+    };
+    let format = open_single(path, options.format, false, options)?.top().format();
+    if format == Format::Raw {
+        return Err(Error::invalid_argument("cannot rebase: raw images have no backing file").with_file(path));
+    }
+    let mut moved = Moved::default();
+    if !unsafe_mode {
+        if new_parent.is_none() && format == Format::Vhd {
+            // A VHD cannot drop its parent in place: make a standalone copy instead.
+            flatten(path, options)?;
+            return Ok(moved);
+        }
+        let child = open(path, &with_format(options, Some(format), true))?;
+        moved = disk_resize::rebase_data(&child, new_parent.as_ref().map(|(_, _, i)| i as &dyn Disk), |_, _| {})
+            .with_file(path)?;
+    }
+    let record = new_parent.as_ref().map(|(recorded, absolute, image)| NewParent {
+        recorded,
+        absolute: Some(absolute.as_path()),
+        child: Some(path),
+        layer: image.top(),
+    });
+    let set = |at: &Path| -> Result<()> {
+        let child = open_single(at, Some(format), true, options)?;
+        child.top().set_parent(record.as_ref())?;
+        child.flush()
+    };
+    if is_descriptor_file(path, Some(format)) {
+        // A descriptor of its own: rewritten in a copy renamed over it (atomic).
+        through_copy(path, |temp| set(temp))?;
+    } else {
+        set(path).with_file(path)?;
+    }
+    Ok(moved)
+}
+
+/// Turn the image at `path` into a standalone image holding its whole chain's data, in place
+/// and safely: a complete copy is written to a temporary file beside it, flushed, and renamed
+/// over it. Single-file images only (VHD, monolithicSparse VMDK); standalone images are left as
+/// they are.
+pub fn flatten(path: impl AsRef<Path>, options: &OpenOptions) -> Result<()> {
+    let path = path.as_ref();
+    let image = open(path, &with_format(options, options.format, false))?;
+    let top = image.top();
+    if top.parent().is_none() {
+        return Ok(());
+    }
+    let format = top.format();
+    let mut out = Options::new();
+    match format {
+        Format::Vhd => {
+            if let Some(bs) = top.info().cluster_size {
+                out.set("block_size", &bs.to_string());
+            }
+        }
+        Format::Vmdk => {
+            let single = top
+                .as_any()
+                .downcast_ref::<crate::vmdk::VmdkLayer>()
+                .is_some_and(|v| v.create_type() == "monolithicSparse");
+            if !single {
+                return Err(Error::unsupported(
+                    "only monolithicSparse VMDK images can be flattened in place (convert the others)",
+                )
+                .with_file(path));
+            }
+        }
+        other => {
+            return Err(Error::unsupported(format!("flattening {other} images is not supported")).with_file(path));
+        }
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.vdisk-flatten-{}", std::process::id()));
+    let result = (|| {
+        convert(
+            &image,
+            &temp,
+            ConvertOptions {
+                format,
+                options: out,
+                progress: None,
+                durable: true,
+            },
+        )?;
+        FileStorage::open(&temp, true)
+            .and_then(|s| s.file().sync_all())
+            .map_err(|e| Error::io(e, "flushing the flattened copy").with_file(&temp))?;
+        drop(image);
+        std::fs::rename(&temp, path)
+            .map_err(|e| Error::io(e, "renaming the flattened copy into place").with_file(path))?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}

@@ -1,0 +1,114 @@
+//! The facade's in-place changes: flatten, commit then empty/remove, rebase refusals.
+
+use std::path::Path;
+use vdisk::{CreateOptions, Disk, ErrorKind, Format, FsPolicy, FsResolver, OpenOptions, bytes};
+
+fn opts() -> OpenOptions {
+    OpenOptions::new().resolver(std::sync::Arc::new(FsResolver::new(FsPolicy::Any)))
+}
+
+fn chain(dir: &Path, format: Format, child_options: &str) -> Vec<u8> {
+    let ext = format.to_string();
+    let base = dir.join(format!("base.{ext}"));
+    vdisk::create(&base, &CreateOptions::new(format, 4 << 20)).unwrap();
+    let disk = vdisk::open(&base, &opts().writable(true)).unwrap();
+    bytes::write_bytes(&disk, 0, &vec![1u8; 1 << 20]).unwrap();
+    disk.flush().unwrap();
+    drop(disk);
+    let child = dir.join(format!("child.{ext}"));
+    let mut c = CreateOptions::new(format, 4 << 20);
+    c.backing = Some(format!("base.{ext}"));
+    c.options = vdisk::Options::parse(child_options).unwrap();
+    vdisk::create(&child, &c).unwrap();
+    let disk = vdisk::open(&child, &opts().writable(true)).unwrap();
+    bytes::write_bytes(&disk, 512 << 10, &vec![2u8; 1 << 20]).unwrap();
+    disk.flush().unwrap();
+    let mut view = vec![0u8; 4 << 20];
+    disk.read(0, &mut view).unwrap();
+    view
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    let disk = vdisk::open(path, &opts()).unwrap();
+    let mut v = vec![0u8; disk.virtual_size() as usize];
+    disk.read(0, &mut v).unwrap();
+    v
+}
+
+#[test]
+fn flatten_makes_a_standalone_copy_in_place() {
+    for format in [Format::Vhd, Format::Vmdk] {
+        let dir = tempfile::tempdir().unwrap();
+        let view = chain(dir.path(), format, "");
+        let child = dir.path().join(format!("child.{format}"));
+        vdisk::flatten(&child, &opts()).unwrap();
+        std::fs::remove_file(dir.path().join(format!("base.{format}"))).unwrap();
+        let image = vdisk::open(&child, &OpenOptions::new()).unwrap();
+        assert!(image.top().parent().is_none(), "{format}");
+        assert!(read(&child) == view, "{format}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
+        // Standalone: nothing to do.
+        vdisk::flatten(&child, &opts()).unwrap();
+    }
+}
+
+#[test]
+fn flatten_refuses_multi_file_images() {
+    let dir = tempfile::tempdir().unwrap();
+    chain(dir.path(), Format::Vmdk, "subformat=twoGbMaxExtentSparse");
+    let child = dir.path().join("child.vmdk");
+    let before = std::fs::read(&child).unwrap();
+    let e = vdisk::flatten(&child, &opts()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert_eq!(std::fs::read(&child).unwrap(), before);
+}
+
+#[test]
+fn commit_then_remove_and_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = chain(dir.path(), Format::Vhd, "block_size=512K");
+    let child = dir.path().join("child.vhd");
+    let base = dir.path().join("base.vhd");
+    vdisk::commit_then(&child, &opts(), vdisk::AfterCommit::Empty).unwrap();
+    assert!(read(&base) == view);
+    assert!(read(&child) == view);
+    let emptied = vdisk::open(&child, &opts()).unwrap();
+    assert_eq!(emptied.top().info().cluster_size, Some(512 << 10), "block size kept");
+    assert_eq!(vdisk::disk_resize::smallest_safe_size(emptied.top()).unwrap(), 0);
+    drop(emptied);
+    vdisk::commit_then(&child, &opts(), vdisk::AfterCommit::Remove).unwrap();
+    assert!(!child.exists());
+    let e = vdisk::commit(&base, &opts()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn commit_in_a_deeper_chain_keeps_every_view() {
+    for format in [Format::Vhd, Format::Vmdk] {
+        let dir = tempfile::tempdir().unwrap();
+        let middle_view = chain(dir.path(), format, "");
+        // A third level on top of the child.
+        let top = dir.path().join(format!("top.{format}"));
+        let mut c = CreateOptions::new(format, 4 << 20);
+        c.backing = Some(format!("child.{format}"));
+        vdisk::create(&top, &c).unwrap();
+        let disk = vdisk::open(&top, &opts().writable(true)).unwrap();
+        bytes::write_bytes(&disk, 3 << 20, &vec![3u8; 600 << 10]).unwrap();
+        bytes::write_bytes(&disk, 100 << 10, &[4u8; 4096]).unwrap();
+        disk.flush().unwrap();
+        drop(disk);
+        let top_view = read(&top);
+        let base = dir.path().join(format!("base.{format}"));
+        let base_view = read(&base);
+        vdisk::commit(&top, &opts()).unwrap();
+        let middle = dir.path().join(format!("child.{format}"));
+        assert!(read(&top) == top_view, "{format}: top");
+        assert!(read(&middle) == top_view, "{format}: the middle now reads as the top");
+        assert!(read(&base) == base_view, "{format}: the base is untouched");
+        assert!(middle_view != top_view);
+    }
+}

@@ -1,0 +1,454 @@
+//! The write path: header updates, block allocation, and metadata changes through the log
+//! (write-ahead: data, flush, log entry, flush, apply, flush).
+
+use crate::format::*;
+use crate::layer::{VhdxLayer, WriteState, lock, read_lock, write_lock};
+use crate::log::{EntryParams, build_entry, entry_len};
+use crate::parse::{header_bytes, header_offset};
+use disk_core::guid::{MsGuid, new_uuid};
+use disk_core::{Error, ErrorKind, IoResultExt, Result};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+/// BAT and sector bitmap changes made by one operation, committed through the log at once.
+#[derive(Default)]
+pub(crate) struct Txn {
+    /// New BAT values by index.
+    pub(crate) bat: BTreeMap<usize, u64>,
+    /// Sector bitmap bits to set: (payload block, first sector in block, sectors).
+    pub(crate) bits: Vec<(u64, u64, u64)>,
+    /// Payload blocks whose sector bitmap bits are cleared first (newly partially present).
+    pub(crate) clear: Vec<u64>,
+    /// Payload block areas to release after the commit.
+    pub(crate) release: Vec<u64>,
+    /// Other bytes to change (file offset, new bytes), e.g. a metadata item.
+    pub(crate) patches: Vec<(u64, Vec<u8>)>,
+}
+
+/// One piece of an operation: sectors inside one payload block.
+struct Piece {
+    block: u64,
+    within: u64,
+    sectors: u64,
+    /// Byte offset in the caller's buffer.
+    at: usize,
+}
+
+fn pieces(layer: &VhdxLayer, lba: u64, count: u64) -> Vec<Piece> {
+    let g = &layer.geo;
+    let mut out = Vec::new();
+    let mut done = 0;
+    while done < count {
+        let l = lba + done;
+        let block = l / g.sectors_per_block;
+        let within = l % g.sectors_per_block;
+        let n = (g.sectors_per_block - within).min(count - done);
+        out.push(Piece {
+            block,
+            within,
+            sectors: n,
+            at: (done * g.sector_size) as usize,
+        });
+        done += n;
+    }
+    out
+}
+
+impl VhdxLayer {
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if !self.writable {
+            return Err(Error::read_only());
+        }
+        if self.stale.load(Ordering::Acquire) {
+            return Err(Error::invalid_argument(
+                "the image was resized: reopen it to make more changes",
+            ));
+        }
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Error::new(
+                ErrorKind::Io,
+                "an earlier metadata update failed; reopen the image to recover it from its log",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Run a metadata update; if it fails, refuse further changes (its state on disk is unknown).
+    fn guarded<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let r = f();
+        if r.is_err() {
+            self.poisoned.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    /// The header update procedure: change a copy of the current header, increment its
+    /// sequence number, write it over the non-current slot, flush. It becomes current.
+    pub(crate) fn update_header(&self, st: &mut WriteState, change: impl FnOnce(&mut Header)) -> Result<()> {
+        self.guarded(|| self.update_header_unguarded(st, change))
+    }
+
+    fn update_header_unguarded(&self, st: &mut WriteState, change: impl FnOnce(&mut Header)) -> Result<()> {
+        let mut h = st.header;
+        change(&mut h);
+        h.sequence_number.set(h.sequence_number.get().wrapping_add(1));
+        let slot = 1 - st.slot;
+        let off = header_offset(slot);
+        self.file
+            .write_at(&header_bytes(&h), off)
+            .io_context("writing the header", off)?;
+        self.file.flush().io_context("flushing the header", off)?;
+        st.header = h;
+        st.slot = slot;
+        Ok(())
+    }
+
+    /// Before the first change of a session: new FileWriteGuid and DataWriteGuid in both headers.
+    pub(crate) fn begin(&self, st: &mut WriteState) -> Result<()> {
+        if !st.session_started {
+            self.update_header(st, |h| {
+                h.file_write_guid = MsGuid::from_uuid(new_uuid());
+                h.data_write_guid = MsGuid::from_uuid(new_uuid());
+            })?;
+            // Twice (as QEMU does), so that both copies carry the new GUIDs and a damaged newest
+            // header cannot bring back the old ones.
+            self.update_header(st, |_| {})?;
+            st.session_started = true;
+            self.session_started.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Write `pages` (4 KiB of file contents each) through the log.
+    fn log_pages(&self, st: &mut WriteState, pages: &[(u64, Vec<u8>)]) -> Result<()> {
+        self.guarded(|| self.log_pages_unguarded(st, pages))
+    }
+
+    fn log_pages_unguarded(&self, st: &mut WriteState, pages: &[(u64, Vec<u8>)]) -> Result<()> {
+        if pages.is_empty() {
+            return Ok(());
+        }
+        let log_len = u64::from(st.header.log_length.get());
+        let log_off = st.header.log_offset.get();
+        let mut per_entry = (log_len / LOG_SECTOR as u64).saturating_sub(1) as usize;
+        while per_entry > 0 && entry_len(per_entry) > log_len {
+            per_entry -= 1;
+        }
+        if per_entry == 0 {
+            // No usable log: write in place (not crash-safe, as the image offers no log).
+            for (off, page) in pages {
+                self.file.write_at(page, *off).io_context("writing metadata", *off)?;
+            }
+            return self.file.flush().io_context("flushing metadata", 0);
+        }
+        if log_off < HEADER_SECTION_SIZE || log_off.checked_add(log_len).is_none_or(|e| e > st.file_end) {
+            return Err(Error::corrupt(format!("the log at {log_off:#x} lies outside the file")).in_structure("log"));
+        }
+        if st.header.log_guid.is_nil() {
+            self.update_header(st, |h| h.log_guid = MsGuid::from_uuid(new_uuid()))?;
+            st.log_seq = 1;
+            st.log_pos = 0;
+        }
+        for chunk in pages.chunks(per_entry) {
+            let len = entry_len(chunk.len());
+            if st.log_pos + len > log_len {
+                st.log_pos = 0;
+            }
+            let entry = build_entry(
+                &EntryParams {
+                    guid: st.header.log_guid,
+                    seq: st.log_seq,
+                    tail: st.log_pos as u32,
+                    flushed_file_offset: st.file_end,
+                    last_file_offset: st.file_end,
+                },
+                chunk,
+            );
+            let at = log_off + st.log_pos;
+            self.file.write_at(&entry, at).io_context("writing a log entry", at)?;
+            self.file.flush().io_context("flushing the log", at)?;
+            for (off, page) in chunk {
+                self.file
+                    .write_at(page, *off)
+                    .io_context("applying a log entry", *off)?;
+            }
+            self.file.flush().io_context("flushing metadata", 0)?;
+            st.log_pos += len;
+            st.log_seq += 1;
+        }
+        Ok(())
+    }
+
+    /// A new zeroed area of `size` bytes, 1 MiB aligned, at the end of the file.
+    pub(crate) fn allocate(&self, st: &mut WriteState, size: u64) -> Result<u64> {
+        let reused = if size == self.geo.block_size {
+            st.free.pop()
+        } else {
+            None
+        };
+        if let Some(off) = reused {
+            return Ok(off);
+        }
+        let off = st.file_end.div_ceil(MIB) * MIB;
+        let end = off
+            .checked_add(size)
+            .ok_or_else(|| Error::unsupported("file would exceed 2^64 bytes"))?;
+        self.file.set_len(end).io_context("extending the file", off)?;
+        st.file_end = end;
+        Ok(off)
+    }
+
+    /// Current BAT entry `i`, with pending changes of `txn`.
+    pub(crate) fn entry(&self, txn: &Txn, i: usize) -> u64 {
+        txn.bat.get(&i).copied().unwrap_or_else(|| read_lock(&self.bat)[i])
+    }
+
+    /// Make sure the chunk of `block` has a sector bitmap block.
+    fn ensure_bitmap(&self, st: &mut WriteState, txn: &mut Txn, block: u64) -> Result<()> {
+        let i = self.geo.bitmap_index(block / self.geo.chunk_ratio);
+        if bat_state(self.entry(txn, i)) != bitmap::PRESENT {
+            let off = self.allocate(st, MIB)?;
+            txn.bat.insert(i, bat_entry(bitmap::PRESENT, off));
+        }
+        Ok(())
+    }
+
+    /// Turn `txn` into 4 KiB pages, log and apply them, then update the in-memory copies.
+    pub(crate) fn commit(&self, st: &mut WriteState, txn: Txn) -> Result<()> {
+        let mut bitmap_pages: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        let page = |map: &mut BTreeMap<u64, Vec<u8>>, off: u64| -> Result<()> {
+            if let std::collections::btree_map::Entry::Vacant(v) = map.entry(off) {
+                let mut buf = vec![0u8; LOG_SECTOR];
+                self.file.read_at(&mut buf, off).io_context("reading metadata", off)?;
+                v.insert(buf);
+            }
+            Ok(())
+        };
+        let g = &self.geo;
+        for &block in &txn.clear {
+            let e = self.entry(&txn, g.bitmap_index(block / g.chunk_ratio));
+            let start = bat_offset(e) + g.bitmap_byte_offset(block);
+            for off in start..start + g.bitmap_bytes_per_block() {
+                let page_off = off / LOG_SECTOR as u64 * LOG_SECTOR as u64;
+                page(&mut bitmap_pages, page_off)?;
+                let p = bitmap_pages.get_mut(&page_off).expect("page just loaded");
+                p[(off - page_off) as usize] = 0;
+            }
+        }
+        for &(block, first, count) in &txn.bits {
+            let e = self.entry(&txn, g.bitmap_index(block / g.chunk_ratio));
+            let base_bit = g.bitmap_byte_offset(block) * 8 + first;
+            for bit in base_bit..base_bit + count {
+                let off = bat_offset(e) + bit / 8;
+                let page_off = off / LOG_SECTOR as u64 * LOG_SECTOR as u64;
+                page(&mut bitmap_pages, page_off)?;
+                let p = bitmap_pages.get_mut(&page_off).expect("page just loaded");
+                p[(off - page_off) as usize] |= 1 << (bit % 8);
+            }
+        }
+        let mut bat_pages: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        for (&i, &value) in &txn.bat {
+            let off = self.regions.bat.offset + 8 * i as u64;
+            let page_off = off / LOG_SECTOR as u64 * LOG_SECTOR as u64;
+            page(&mut bat_pages, page_off)?;
+            let p = bat_pages.get_mut(&page_off).expect("page just loaded");
+            let at = (off - page_off) as usize;
+            p[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        }
+        let mut other_pages: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        for (start, bytes) in &txn.patches {
+            for (k, &b) in bytes.iter().enumerate() {
+                let off = start + k as u64;
+                let page_off = off / LOG_SECTOR as u64 * LOG_SECTOR as u64;
+                page(&mut other_pages, page_off)?;
+                let p = other_pages.get_mut(&page_off).expect("page just loaded");
+                p[(off - page_off) as usize] = b;
+            }
+        }
+        let pages: Vec<(u64, Vec<u8>)> = bitmap_pages.into_iter().chain(bat_pages).chain(other_pages).collect();
+        self.log_pages(st, &pages)?;
+        {
+            // Both under the BAT lock, so no reader pairs a new entry with an old bitmap.
+            let mut bat = write_lock(&self.bat);
+            for (&i, &value) in &txn.bat {
+                bat[i] = value;
+            }
+            let mut cache = write_lock(&self.bitmaps);
+            for &(block, _, _) in &txn.bits {
+                cache.remove(&block);
+            }
+            for &i in txn.bat.keys() {
+                let block = (i as u64) - (i as u64) / (g.chunk_ratio + 1);
+                cache.remove(&block);
+            }
+        }
+        for off in txn.release {
+            self.file
+                .punch_hole(off, g.block_size)
+                .io_context("releasing a discarded block", off)?;
+            st.free.push(off);
+        }
+        Ok(())
+    }
+
+    /// Write whole sectors at `lba`.
+    pub(crate) fn write_sectors(&self, lba: u64, buf: &[u8]) -> Result<()> {
+        self.check_writable()?;
+        let g = self.geo;
+        let count = buf.len() as u64 / g.sector_size;
+        if !self.session_started.load(Ordering::Acquire) {
+            self.begin(&mut lock(&self.state))?;
+        }
+        // Fast path: blocks already fully present are written in place without the state lock.
+        // The BAT stays read-locked meanwhile, so a concurrent discard cannot release (and
+        // another block reuse) the space while the data is being written.
+        let mut slow = Vec::new();
+        {
+            let bat = read_lock(&self.bat);
+            for p in pieces(self, lba, count) {
+                let e = bat[g.payload_index(p.block)];
+                let data = &buf[p.at..p.at + (p.sectors * g.sector_size) as usize];
+                if bat_state(e) == payload::FULLY_PRESENT {
+                    let off = bat_offset(e) + p.within * g.sector_size;
+                    self.file.write_at(data, off).io_context("writing data", off)?;
+                } else {
+                    slow.push(p);
+                }
+            }
+        }
+        if slow.is_empty() {
+            return Ok(());
+        }
+        let mut st = lock(&self.state);
+        let mut txn = Txn::default();
+        for p in slow {
+            let i = g.payload_index(p.block);
+            let e = self.entry(&txn, i);
+            let data = &buf[p.at..p.at + (p.sectors * g.sector_size) as usize];
+            let state = bat_state(e);
+            let whole = p.within == 0 && p.sectors >= g.block_sectors(p.block);
+            if matches!(state, 4 | 5) {
+                return Err(Error::corrupt(format!("BAT entry {i} is invalid")).in_structure("BAT"));
+            }
+            let off = match state {
+                payload::FULLY_PRESENT => bat_offset(e),
+                payload::PARTIALLY_PRESENT if whole => {
+                    // Every sector is now the child's: no need for the bitmap any more.
+                    txn.bat.insert(i, bat_entry(payload::FULLY_PRESENT, bat_offset(e)));
+                    bat_offset(e)
+                }
+                payload::PARTIALLY_PRESENT => bat_offset(e),
+                _ => {
+                    let off = self.allocate(&mut st, g.block_size)?;
+                    let new_state = if !g.has_parent || state == payload::ZERO || whole {
+                        payload::FULLY_PRESENT
+                    } else {
+                        self.ensure_bitmap(&mut st, &mut txn, p.block)?;
+                        txn.clear.push(p.block);
+                        payload::PARTIALLY_PRESENT
+                    };
+                    txn.bat.insert(i, bat_entry(new_state, off));
+                    off
+                }
+            };
+            let at = off + p.within * g.sector_size;
+            self.file.write_at(data, at).io_context("writing data", at)?;
+            if bat_state(self.entry(&txn, i)) == payload::PARTIALLY_PRESENT {
+                txn.bits.push((p.block, p.within, p.sectors));
+            }
+        }
+        self.file.flush().io_context("flushing data", 0)?;
+        self.commit(&mut st, txn)
+    }
+
+    /// Make sectors read as zeros: whole blocks change state (their space is released),
+    /// partial blocks get zeros written.
+    pub(crate) fn zero_sectors(&self, lba: u64, count: u64) -> Result<()> {
+        self.check_writable()?;
+        let g = self.geo;
+        let mut st = lock(&self.state);
+        self.begin(&mut st)?;
+        let mut txn = Txn::default();
+        let mut partial = Vec::new();
+        for p in pieces(self, lba, count) {
+            let i = g.payload_index(p.block);
+            let e = self.entry(&txn, i);
+            let state = bat_state(e);
+            let stored = matches!(state, payload::FULLY_PRESENT | payload::PARTIALLY_PRESENT);
+            let unstored = matches!(state, payload::NOT_PRESENT | payload::UNDEFINED | payload::UNMAPPED);
+            let reads_zero = state == payload::ZERO || (!g.has_parent && unstored);
+            if reads_zero {
+                continue;
+            }
+            let whole = p.within == 0 && p.sectors >= g.block_sectors(p.block);
+            if self.meta.leave_allocated && !g.has_parent && state == payload::FULLY_PRESENT {
+                // Fixed disk: keep the block, zero its bytes.
+                let at = bat_offset(e) + p.within * g.sector_size;
+                self.file
+                    .punch_hole(at, p.sectors * g.sector_size)
+                    .io_context("zeroing data", at)?;
+            } else if whole {
+                let new_state = if g.has_parent {
+                    payload::ZERO
+                } else {
+                    payload::NOT_PRESENT
+                };
+                txn.bat.insert(i, bat_entry(new_state, 0));
+                if stored {
+                    txn.release.push(bat_offset(e));
+                }
+            } else {
+                partial.push(p);
+            }
+        }
+        self.commit(&mut st, txn)?;
+        drop(st);
+        let per = (MIB / g.sector_size).max(1);
+        let zeros = vec![0u8; (per * g.sector_size) as usize];
+        for p in partial {
+            let mut lba = p.block * g.sectors_per_block + p.within;
+            let end = lba + p.sectors;
+            while lba < end {
+                let n = per.min(end - lba);
+                self.write_sectors(lba, &zeros[..(n * g.sector_size) as usize])?;
+                lba += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the current header over the other slot (repairing a damaged copy).
+    pub(crate) fn rewrite_other_header(&self) -> Result<()> {
+        self.check_writable()?;
+        let mut st = lock(&self.state);
+        self.update_header(&mut st, |_| {})
+    }
+
+    /// Cut the file at `end` (the end of the last used structure): space past it is unused.
+    pub(crate) fn truncate_unused(&self, end: u64) -> Result<()> {
+        self.check_writable()?;
+        let mut st = lock(&self.state);
+        self.file.set_len(end).io_context("truncating unused space", end)?;
+        self.file.flush().io_context("flushing", end)?;
+        st.file_end = end;
+        let block = self.geo.block_size;
+        st.free.retain(|&off| off + block <= end);
+        Ok(())
+    }
+
+    /// Flush the file and, once everything logged is applied, mark the log empty.
+    pub(crate) fn flush_all(&self) -> Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        self.file.flush().io_context("flushing", 0)?;
+        if self.poisoned.load(Ordering::Acquire) {
+            return self.check_writable();
+        }
+        let mut st = lock(&self.state);
+        if !st.header.log_guid.is_nil() {
+            self.update_header(&mut st, |h| h.log_guid = MsGuid::NIL)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,65 @@
+//! Helpers shared by the integration tests: opening VHDX images, and the workspace's interop
+//! helpers (tool lookup and runs, reading a whole disk, the manifests' content digest, the shared
+//! test data), re-exported.
+
+#![allow(dead_code, unused_imports)]
+
+pub use disk_core::testing::interop::*;
+use disk_core::{
+    BackingSpec, CreateSpec, Driver, FileStorage, Image, Layer, MemStorage, NoExtraFiles, OpenOptions, Options, Result,
+    Storage,
+};
+use std::path::Path;
+use std::sync::Arc;
+use vhdx::VhdxDriver;
+
+/// Create a VHDX of `size` bytes with `-o` options `opts` in `storage`, over `backing` if given;
+/// `path` is where it lives when it is a file.
+pub fn create_in(
+    storage: &dyn Storage,
+    size: u64,
+    opts: &str,
+    backing: Option<BackingSpec<'_>>,
+    path: Option<&Path>,
+) -> Result<()> {
+    VhdxDriver.create(
+        storage,
+        CreateSpec {
+            size,
+            options: Options::parse(opts)?,
+            backing,
+            path,
+            files: &NoExtraFiles,
+        },
+    )
+}
+
+/// A new standalone VHDX in memory.
+pub fn create_mem(size: u64, opts: &str) -> Result<Arc<MemStorage>> {
+    let storage = Arc::new(MemStorage::new());
+    create_in(&*storage, size, opts, None, None)?;
+    Ok(storage)
+}
+
+/// A new VHDX file at `path`, over `backing` if given. Panics on failure.
+pub fn create_file(path: &Path, size: u64, opts: &str, backing: Option<BackingSpec<'_>>) {
+    let storage = FileStorage::create(path, true).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    create_in(&storage, size, opts, backing, Some(path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// Open one VHDX layer from `storage`.
+pub fn open_layer(storage: Arc<dyn Storage>, writable: bool) -> Result<Box<dyn Layer>> {
+    let options = OpenOptions::default();
+    VhdxDriver.open(storage, &options.context(None, writable))
+}
+
+/// Open a standalone VHDX file as a disk.
+pub fn open_file(path: &Path, writable: bool) -> Result<Image> {
+    let storage = Arc::new(FileStorage::open(path, writable).unwrap());
+    Ok(Image::single(open_layer(storage, writable)?, Some(path.to_path_buf())))
+}
+
+/// Open an in-memory VHDX as a disk.
+pub fn open_mem(storage: &Arc<MemStorage>, writable: bool) -> Result<Image> {
+    Ok(Image::single(open_layer(storage.clone(), writable)?, None))
+}
