@@ -30,7 +30,7 @@ const FORMATS: &[(&str, CreateFn)] = &[
     ("vhd-dynamic", |path, size| {
         create(path, size, Format::Vhd, "subformat=dynamic")
     }),
-    // ("vhdx-dynamic", |path, size| create(path, size, Format::Vhdx, "")),
+    ("vhdx-dynamic", |path, size| create(path, size, Format::Vhdx, "")),
     ("vmdk-sparse", |path, size| {
         create(path, size, Format::Vmdk, "subformat=monolithicSparse")
     }),

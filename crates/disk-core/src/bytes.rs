@@ -2,6 +2,7 @@
 
 use crate::disk::Disk;
 use crate::error::{Error, Result};
+use std::ops::Range;
 
 fn check<D: Disk + ?Sized>(disk: &D, offset: u64, len: usize) -> Result<()> {
     match offset.checked_add(len as u64) {
@@ -13,28 +14,59 @@ fn check<D: Disk + ?Sized>(disk: &D, offset: u64, len: usize) -> Result<()> {
     }
 }
 
+/// One step of a byte-range access: whole sectors, or part of one sector.
+enum Piece {
+    /// Sectors from `lba` covering `buf` exactly.
+    Whole { lba: u64, buf: Range<usize> },
+    /// Bytes `within..within + buf.len()` of sector `lba`.
+    Part { lba: u64, within: usize, buf: Range<usize> },
+}
+
+/// Split `len` bytes at `offset` into whole-sector runs and partial sectors, in order.
+fn pieces(offset: u64, len: usize, ss: u64) -> impl Iterator<Item = Piece> {
+    let mut done = 0usize;
+    std::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let pos = offset + done as u64;
+        let within = pos % ss;
+        let remaining = (len - done) as u64;
+        let start = done;
+        Some(if within == 0 && remaining >= ss {
+            done += (remaining / ss * ss) as usize;
+            Piece::Whole {
+                lba: pos / ss,
+                buf: start..done,
+            }
+        } else {
+            done += (ss - within).min(remaining) as usize;
+            Piece::Part {
+                lba: pos / ss,
+                within: within as usize,
+                buf: start..done,
+            }
+        })
+    })
+}
+
 /// Read `buf.len()` bytes at byte `offset` of the guest view.
 pub fn read_bytes<D: Disk + ?Sized>(disk: &D, offset: u64, buf: &mut [u8]) -> Result<()> {
     check(disk, offset, buf.len())?;
-    let ss = u64::from(disk.sector_size());
-    let mut pos = offset;
-    let mut done = 0usize;
+    let ss = disk.sector_size() as usize;
     let mut bounce = Vec::new();
-    while done < buf.len() {
-        let within = pos % ss;
-        let remaining = (buf.len() - done) as u64;
-        if within == 0 && remaining >= ss {
-            let n = (remaining / ss * ss) as usize;
-            disk.read(pos / ss, &mut buf[done..done + n])?;
-            done += n;
-            pos += n as u64;
-        } else {
-            bounce.resize(ss as usize, 0);
-            disk.read(pos / ss, &mut bounce)?;
-            let n = ((ss - within).min(remaining)) as usize;
-            buf[done..done + n].copy_from_slice(&bounce[within as usize..within as usize + n]);
-            done += n;
-            pos += n as u64;
+    for piece in pieces(offset, buf.len(), ss as u64) {
+        match piece {
+            Piece::Whole { lba, buf: range } => disk.read(lba, &mut buf[range])?,
+            Piece::Part {
+                lba,
+                within,
+                buf: range,
+            } => {
+                bounce.resize(ss, 0);
+                disk.read(lba, &mut bounce)?;
+                buf[range.clone()].copy_from_slice(&bounce[within..within + range.len()]);
+            }
         }
     }
     Ok(())
@@ -46,26 +78,21 @@ pub fn write_bytes<D: Disk + ?Sized>(disk: &D, offset: u64, buf: &[u8]) -> Resul
     if disk.is_read_only() {
         return Err(Error::read_only());
     }
-    let ss = u64::from(disk.sector_size());
-    let mut pos = offset;
-    let mut done = 0usize;
+    let ss = disk.sector_size() as usize;
     let mut bounce = Vec::new();
-    while done < buf.len() {
-        let within = pos % ss;
-        let remaining = (buf.len() - done) as u64;
-        if within == 0 && remaining >= ss {
-            let n = (remaining / ss * ss) as usize;
-            disk.write(pos / ss, &buf[done..done + n])?;
-            done += n;
-            pos += n as u64;
-        } else {
-            bounce.resize(ss as usize, 0);
-            disk.read(pos / ss, &mut bounce)?;
-            let n = ((ss - within).min(remaining)) as usize;
-            bounce[within as usize..within as usize + n].copy_from_slice(&buf[done..done + n]);
-            disk.write(pos / ss, &bounce)?;
-            done += n;
-            pos += n as u64;
+    for piece in pieces(offset, buf.len(), ss as u64) {
+        match piece {
+            Piece::Whole { lba, buf: range } => disk.write(lba, &buf[range])?,
+            Piece::Part {
+                lba,
+                within,
+                buf: range,
+            } => {
+                bounce.resize(ss, 0);
+                disk.read(lba, &mut bounce)?;
+                bounce[within..within + range.len()].copy_from_slice(&buf[range]);
+                disk.write(lba, &bounce)?;
+            }
         }
     }
     Ok(())

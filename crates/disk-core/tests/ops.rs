@@ -140,3 +140,24 @@ fn byte_access_merges_partial_sectors() {
         disk_core::ErrorKind::ReadOnly
     );
 }
+
+proptest::proptest! {
+    /// Unaligned byte writes and reads agree with a plain byte array (partial sectors at both
+    /// ends, whole-sector runs in between).
+    #[test]
+    fn byte_access_matches_a_byte_array(ops in proptest::collection::vec((0u64..20_000, 1usize..9000, proptest::prelude::any::<u8>()), 1..20)) {
+        let size = 32 * 1024u64;
+        let store = sized(size);
+        let image = raw(store.clone(), true);
+        let mut model = vec![0u8; size as usize];
+        for (offset, len, byte) in ops {
+            let len = len.min((size - offset) as usize);
+            bytes::write_bytes(&image, offset, &vec![byte; len]).unwrap();
+            model[offset as usize..offset as usize + len].fill(byte);
+            let mut back = vec![0u8; len];
+            bytes::read_bytes(&image, offset, &mut back).unwrap();
+            proptest::prop_assert_eq!(&back[..], &model[offset as usize..offset as usize + len]);
+        }
+        proptest::prop_assert_eq!(store.to_vec(), model);
+    }
+}

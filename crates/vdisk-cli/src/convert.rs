@@ -97,6 +97,8 @@ pub struct ConvertArgs {
     pub dst: PathBuf,
 }
 
+const MIB: u64 = 1 << 20;
+
 /// Run `vdisk convert`.
 pub fn run_convert(ctx: &Ctx, args: &ConvertArgs) -> CmdResult {
     let src_format = parse_format_opt(args.format.as_deref())?;
@@ -133,7 +135,15 @@ pub fn run_convert(ctx: &Ctx, args: &ConvertArgs) -> CmdResult {
         progress: if bar.is_some() { Some(&mut report) } else { None },
         durable: args.cache == "writeback",
     };
+    let azure = dst_format == vdisk::Format::Vhd && convert_options.options.get("azure").is_some_and(|v| v == "on");
+    let size = src.virtual_size();
     let result = vdisk::convert(&src, &args.dst, convert_options);
+    if azure && result.is_ok() && size % MIB != 0 {
+        emit(&format!(
+            "Note: virtual size rounded up from {size} to {} bytes (Azure needs a whole number of MiB)\n",
+            size.div_ceil(MIB) * MIB
+        ));
+    }
     if let Some(bar) = &bar {
         if result.is_ok() {
             bar.finish();

@@ -25,7 +25,7 @@ pub type Target = fn(&[u8]);
 
 /// Every target by its name, which is also its directory under `fuzz/corpus/`.
 pub fn targets() -> &'static [(&'static str, Target)] {
-    &[("probe_open", probe_open)]
+    &[("probe_open", probe_open), ("vmdk_descriptor", vmdk_descriptor)]
 }
 
 /// Treat `data` as an image held in memory (its length the limit, so nothing can grow it):
@@ -151,6 +151,29 @@ fn exercise(image: &Image) {
         budget -= sectors * ss;
         lba += if data { sectors } else { st.sectors };
     }
+}
+
+/// Parse `data` as a VMDK text descriptor; whatever parses must render to text that parses
+/// back to the same entries and extents (the writer keeps what the reader understood).
+pub fn vmdk_descriptor(data: &[u8]) {
+    if data.len() > MAX_INPUT {
+        return;
+    }
+    let Ok(parsed) = crate::vmdk::descriptor::Descriptor::parse(data) else {
+        return;
+    };
+    let text = parsed.render();
+    let again = crate::vmdk::descriptor::Descriptor::parse(text.as_bytes())
+        .unwrap_or_else(|e| panic!("a rendered descriptor does not parse: {e}\n{text}"));
+    assert!(
+        parsed.entries().eq(again.entries()),
+        "entries changed by a render/parse round trip"
+    );
+    assert_eq!(
+        parsed.extents(),
+        again.extents(),
+        "extents changed by a render/parse round trip"
+    );
 }
 
 #[cfg(test)]

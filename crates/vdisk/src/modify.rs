@@ -10,7 +10,8 @@ use std::sync::Arc;
 /// Change the virtual size of the image at `path` (only it: parents are not opened). See
 /// [`disk_resize::resize`] for the checks made before anything is written.
 ///
-/// Extent files a shrink leaves out of a multi-file image (split VMDK) are deleted afterwards.
+/// Extent files a shrink leaves out of a multi-file image (split VMDK) are deleted afterwards
+/// (plain `*.vmdk` names in the image's directory only).
 pub fn resize(
     path: impl AsRef<Path>,
     change: SizeChange,
@@ -27,7 +28,10 @@ pub fn resize(
     if resized.new_size < resized.old_size {
         let after = extent_files(path, Some(resized.format), open);
         let me = path.canonicalize().ok();
-        for dropped in before.iter().filter(|f| !after.contains(f)) {
+        // Only plain `*.vmdk` names beside the image: a descriptor naming other host files
+        // never gets them deleted.
+        let plain = |f: &&String| !f.contains(['/', '\\', ':']) && f.ends_with(".vmdk") && !f.starts_with('.');
+        for dropped in before.iter().filter(|f| !after.contains(f)).filter(plain) {
             if let Some(p) = recorded_to_path(dropped, Some(path))
                 && p.canonicalize().ok() != me
             {
@@ -160,6 +164,40 @@ fn open_single(path: &Path, format: Option<Format>, writable: bool, options: &Op
     Ok(Image::single(layer, Some(path.to_path_buf())))
 }
 
+/// Create options that give a new single-file image the layout of `top` (block size, sector
+/// sizes); multi-file and stream VMDK images are refused (`what` says what was attempted).
+fn same_layout(top: &dyn crate::Layer, what: &str) -> Result<Options> {
+    let mut out = Options::new();
+    let cluster = top.info().cluster_size;
+    match top.format() {
+        Format::Vhd => {
+            if let Some(bs) = cluster {
+                out.set("block_size", &bs.to_string());
+            }
+        }
+        Format::Vhdx => {
+            if let Some(bs) = cluster {
+                out.set("block_size", &bs.to_string());
+            }
+            out.set("logical_sector_size", &top.sector_size().to_string());
+            out.set("physical_sector_size", &top.physical_sector_size().to_string());
+        }
+        Format::Vmdk => {
+            let single = top
+                .as_any()
+                .downcast_ref::<crate::vmdk::VmdkLayer>()
+                .is_some_and(|v| v.create_type() == "monolithicSparse");
+            if !single {
+                return Err(Error::unsupported(format!(
+                    "only monolithicSparse VMDK images can be {what} (convert the others)"
+                )));
+            }
+        }
+        other => return Err(Error::unsupported(format!("{other} images cannot be {what}"))),
+    }
+    Ok(out)
+}
+
 fn with_format(options: &OpenOptions, format: Option<Format>, writable: bool) -> OpenOptions {
     let mut o = options.clone();
     o.format = format;
@@ -226,27 +264,7 @@ fn empty_child(path: &Path, options: &OpenOptions) -> Result<()> {
     create.backing = Some(recorded);
     create.backing_format = parent_format;
     create.resolver = options.resolver.clone();
-    match format {
-        Format::Vhd => {
-            if let Some(bs) = top.info().cluster_size {
-                create.options.set("block_size", &bs.to_string());
-            }
-        }
-        Format::Vmdk => {
-            let single = top
-                .as_any()
-                .downcast_ref::<crate::vmdk::VmdkLayer>()
-                .is_some_and(|v| v.create_type() == "monolithicSparse");
-            if !single {
-                return Err(
-                    Error::unsupported("only monolithicSparse VMDK children can be emptied in place").with_file(path),
-                );
-            }
-        }
-        other => {
-            return Err(Error::unsupported(format!("emptying {other} images is not supported")).with_file(path));
-        }
-    }
+    create.options = same_layout(top, "emptied in place").with_file(path)?;
     drop(child);
     crate::create(path, &create)
 }
@@ -343,10 +361,19 @@ pub fn rebase(
     if format == Format::Raw {
         return Err(Error::invalid_argument("cannot rebase: raw images have no backing file").with_file(path));
     }
+    if let Some((_, _, image)) = &new_parent
+        && image.top().format() != format
+    {
+        return Err(Error::unsupported(format!(
+            "a {format} image needs a {format} parent, not {}",
+            image.top().format()
+        ))
+        .with_file(path));
+    }
     let mut moved = Moved::default();
     if !unsafe_mode {
-        if new_parent.is_none() && format == Format::Vhd {
-            // A VHD cannot drop its parent in place: make a standalone copy instead.
+        if new_parent.is_none() && format != Format::Vmdk {
+            // VHD and VHDX children cannot drop their parent in place: make a standalone copy.
             flatten(path, options)?;
             return Ok(moved);
         }
@@ -386,29 +413,7 @@ pub fn flatten(path: impl AsRef<Path>, options: &OpenOptions) -> Result<()> {
         return Ok(());
     }
     let format = top.format();
-    let mut out = Options::new();
-    match format {
-        Format::Vhd => {
-            if let Some(bs) = top.info().cluster_size {
-                out.set("block_size", &bs.to_string());
-            }
-        }
-        Format::Vmdk => {
-            let single = top
-                .as_any()
-                .downcast_ref::<crate::vmdk::VmdkLayer>()
-                .is_some_and(|v| v.create_type() == "monolithicSparse");
-            if !single {
-                return Err(Error::unsupported(
-                    "only monolithicSparse VMDK images can be flattened in place (convert the others)",
-                )
-                .with_file(path));
-            }
-        }
-        other => {
-            return Err(Error::unsupported(format!("flattening {other} images is not supported")).with_file(path));
-        }
-    }
+    let out = same_layout(top, "flattened in place").with_file(path)?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

@@ -12,8 +12,9 @@
 //! - Resizing ([`disk_core::Layer::resize`]) moves a fixed disk's footer, or grows a dynamic
 //!   disk's BAT in place (moving the data blocks in its way to the end of the file; a
 //!   differencing disk whose locators follow the BAT gets a BAT copy at the end instead) before
-//!   one atomic header sector and the footers switch to the new size; `set_parent` (rebase) records a
-//!   new parent's id, timestamp and locators.
+//!   one atomic header sector and the footers switch to the new size. `set_parent` (rebase)
+//!   writes a new dynamic header (parent id, timestamp, locators) that the footer copy at offset
+//!   0 switches to atomically.
 //!
 //! ```
 //! use disk_core::{CreateSpec, Disk, Driver, Image, MemStorage, NoExtraFiles, OpenOptions, Options, bytes};

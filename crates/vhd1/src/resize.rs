@@ -356,9 +356,10 @@ impl VhdLayer {
 
 impl VhdLayer {
     /// Record `parent` in this differencing disk (`rebase`): its unique id and timestamp, its
-    /// name and fresh W2ku/W2ru locators, whose data is appended to the file before the header
-    /// points at it. The header's two sectors are one write: a crash in it leaves a header whose
-    /// checksum fails (the image then opens only leniently).
+    /// name and fresh W2ku/W2ru locators. A new dynamic header and the locator data are appended
+    /// to the file and flushed; then the footer copy at offset 0 (one atomic sector, the copy
+    /// readers use) switches its "Data Offset" to the new header, and last the footer at the end
+    /// follows. A crash leaves the old parent or the new one. The handle is stale afterwards.
     pub(crate) fn set_parent_in_place(&self, parent: Option<&disk_core::NewParent<'_>>) -> Result<()> {
         use crate::format::{PLATFORM_W2KU, PLATFORM_W2RU, ParentLocatorEntry};
         self.writable()?;
@@ -396,7 +397,9 @@ impl VhdLayer {
         hdr.parent_locators = [ParentLocatorEntry::default(); 8];
         let absolute = parent.absolute.map(|p| p.to_string_lossy().into_owned());
         let relative = crate::create::relative_locator(parent.recorded, parent.absolute, parent.child);
-        let mut free = state.free;
+        // The new header first, then its locators, all past the current end.
+        let header_at = state.free;
+        let mut free = header_at + crate::format::HEADER_SIZE;
         let mut slot = 0;
         for (code, path) in [(PLATFORM_W2KU, &absolute), (PLATFORM_W2RU, &relative)] {
             let Some(path) = path else { continue };
@@ -418,16 +421,26 @@ impl VhdLayer {
             free += space;
             slot += 1;
         }
+        header::seal(&mut hdr);
+        self.storage
+            .write_at(hdr.as_bytes(), header_at)
+            .io_context("writing the dynamic header", header_at)?;
+        // Keep a valid (old) footer at the end meanwhile.
         self.storage
             .write_at(self.footer.as_bytes(), free)
             .io_context("writing the footer", free)?;
-        self.flush_storage("flushing the parent locators")?;
-        header::seal(&mut hdr);
-        let at = layout.header_offset;
+        self.flush_storage("flushing the new dynamic header")?;
+        let mut new_footer = self.footer;
+        new_footer.data_offset.set(header_at);
+        footer::seal(&mut new_footer);
         self.storage
-            .write_at(hdr.as_bytes(), at)
-            .io_context("writing the dynamic header", at)?;
-        self.flush_storage("flushing the dynamic header")?;
+            .write_at(new_footer.as_bytes(), 0)
+            .io_context("writing the footer copy", 0)?;
+        self.flush_storage("flushing the footer copy")?;
+        self.storage
+            .write_at(new_footer.as_bytes(), free)
+            .io_context("writing the footer", free)?;
+        self.flush_storage("flushing the footer")?;
         state.free = free;
         sp.file_len.store(free + FOOTER_SIZE, Ordering::Release);
         Ok(())
