@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use uuid::Uuid;
 
 /// Largest BAT kept in memory (64 TiB at 1 MiB blocks needs 512 MiB).
-const MAX_BAT_BYTES: u64 = 640 * MIB;
+pub(crate) const MAX_BAT_BYTES: u64 = 640 * MIB;
 
 /// Most sector bitmaps (of partially present blocks) kept in memory at once.
 const MAX_CACHED_BITMAPS: usize = 4096;
@@ -152,6 +152,9 @@ impl VhdxLayer {
         };
         let io_len = io.len().io_context("reading the file size", 0)?;
         let regions = parse::read_regions(&*io, io_len)?;
+        if ctx.writable && regions.valid == [true, true] {
+            sync_region_tables(&*storage)?;
+        }
         let meta = parse::read_metadata(&*io, io_len, regions.metadata)?;
         let geo = Geometry::new(
             meta.block_size,
@@ -319,6 +322,29 @@ impl VhdxLayer {
             "dynamic"
         }
     }
+}
+
+/// Make region table 2 equal to region table 1 (the one the parser uses) when both are valid
+/// but differ: a resize that moved the BAT was interrupted between the two. Left alone, a later
+/// damage to table 1 would bring back the old BAT.
+fn sync_region_tables(storage: &dyn Storage) -> Result<()> {
+    let mut t1 = vec![0u8; REGION_TABLE_SIZE];
+    let mut t2 = vec![0u8; REGION_TABLE_SIZE];
+    storage
+        .read_at(&mut t1, REGION_TABLE1_OFFSET)
+        .io_context("reading the region table", REGION_TABLE1_OFFSET)?;
+    storage
+        .read_at(&mut t2, REGION_TABLE2_OFFSET)
+        .io_context("reading the region table", REGION_TABLE2_OFFSET)?;
+    if t1 != t2 {
+        storage
+            .write_at(&t1, REGION_TABLE2_OFFSET)
+            .io_context("writing the region table", REGION_TABLE2_OFFSET)?;
+        storage
+            .flush()
+            .io_context("flushing the region table", REGION_TABLE2_OFFSET)?;
+    }
+    Ok(())
 }
 
 /// State written into the in-memory copy of a BAT entry found invalid by a lenient open: reads

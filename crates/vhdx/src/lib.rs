@@ -6,7 +6,9 @@
 //! - **Open** ([`VhdxLayer::open`]): the current header is the valid one (signature and CRC-32C)
 //!   with the higher sequence number; the first valid region table is used; unknown *required*
 //!   regions and metadata items are refused; every table is bounded by the file size before it
-//!   is read. The whole BAT is kept in memory (reads never go back to it).
+//!   is read. A writable open makes a valid second region table that differs from the first
+//!   equal to it (an interrupted BAT move). The whole BAT is kept in memory (reads never go
+//!   back to it).
 //! - **Log replay**: the active sequence is the valid entry (signature, checksum, LogGuid,
 //!   descriptor and data-sector sequence numbers) with the highest sequence number whose tail
 //!   leads to it through consecutive entries. A writable open applies it to the file, flushes
@@ -26,8 +28,10 @@
 //!   (differencing, so the parent does not show through) with their file offset cleared and their
 //!   space released for reuse; fixed disks keep their blocks and zero the bytes; partial blocks
 //!   get zeros written.
-//! - **Resize** ([`Layer::resize`]) within the room of the BAT region, and **rebase**
-//!   ([`Layer::set_parent`]): both through the log, so a crash leaves the old or the new state.
+//! - **Resize** ([`Layer::resize`]) and **rebase** ([`Layer::set_parent`]): both through the
+//!   log, so a crash leaves the old or the new state. Growing past the BAT region's room moves
+//!   the BAT to a new region at the end of the file (region table 1, then 2, before the logged
+//!   size change); shrinking cuts freed space at the end of the file.
 //! - **Check** reports damaged header or region table copies, a log still to replay, BAT
 //!   entries out of the file (found by a `lenient` open), overlapping blocks, and leaked space at
 //!   the end of the file; `Repair::All` rewrites damaged copies and cuts leaked space.

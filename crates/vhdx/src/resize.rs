@@ -1,41 +1,39 @@
-//! Changing the virtual size in place, crash-safely, within the room the BAT region has.
+//! Changing the virtual size in place, crash-safely.
 //!
-//! - **Grow**: first (invisible at the old size) stale BAT entries past the old end are cleared,
-//!   the tail of a partial last block past the old end is zeroed, and a fixed disk gets its new
-//!   blocks; then one log entry records the new Virtual Disk Size.
+//! - **Grow within the BAT region's room**: first (invisible at the old size) stale BAT entries
+//!   past the old end are cleared, the tail of a partial last block past the old end is zeroed,
+//!   and a fixed disk gets its new blocks; then one log entry records the new Virtual Disk Size.
+//! - **Grow beyond the room**: the BAT moves. A new, larger 1 MiB-aligned BAT region is
+//!   appended to the file holding a copy of the current entries (and a fixed disk's new
+//!   blocks) and flushed; then region table 1 is rewritten to point at it and flushed, then
+//!   region table 2 likewise; only then one log entry records the new size. The region table is
+//!   not logged, but every state in between is consistent: the parser uses the first valid
+//!   table, a torn copy is skipped, and either BAT holds the same entries for the old size, so
+//!   until the size entry is durable the image opens at the old size with the old data. The old
+//!   BAT region's space is left unused.
 //! - **Shrink**: one log entry records the new size together with clearing the BAT entries past
-//!   the new end (atomic); then the tail of the new last block is zeroed and the dropped blocks'
-//!   space released.
+//!   the new end (atomic); then the tail of the new last block is zeroed, the dropped blocks'
+//!   space released, and, once the log is empty again, the file is cut after its last used
+//!   structure.
 //!
 //! A crash therefore leaves the old size with the old data or the new size with the data of the
-//! common prefix. A BAT region too small for the new size is refused (see
-//! [`VhdxLayer::max_size`]); moving the BAT is not done.
+//! common prefix.
 
 use crate::format::*;
 use crate::geometry::Geometry;
-use crate::layer::{VhdxLayer, lock, read_lock, write_lock};
+use crate::layer::{MAX_BAT_BYTES, VhdxLayer, WriteState, lock, read_lock, write_lock};
+use crate::parse::checksum_with_zero_field;
 use crate::write::Txn;
 use disk_core::{Error, IoResultExt, Result};
 use std::sync::atomic::Ordering;
+use zerocopy::FromBytes;
 
 impl VhdxLayer {
-    /// The largest virtual size whose BAT fits in this image's BAT region (at most 64 TiB).
+    /// The largest virtual size this image can be resized to: 64 TiB (the specification's
+    /// limit) in whole sectors. Beyond the BAT region's room the BAT is moved.
     pub fn max_size(&self) -> u64 {
         let g = &self.geo;
-        let cap = self.regions.bat.length / 8;
-        let cr = g.chunk_ratio;
-        let blocks = if g.has_parent {
-            cap / (cr + 1) * cr
-        } else {
-            // total = d + (d - 1) / cr <= cap
-            let mut d = cap.saturating_mul(cr) / (cr + 1) + 1;
-            while d > 0 && d + (d - 1) / cr > cap {
-                d -= 1;
-            }
-            d
-        };
-        let bytes = blocks.saturating_mul(g.block_size).min(MAX_VIRTUAL_SIZE);
-        bytes / g.sector_size * g.sector_size
+        MAX_VIRTUAL_SIZE / g.sector_size * g.sector_size
     }
 
     /// Zero the bytes of payload block `block` from guest byte `from` (within the block) on.
@@ -75,7 +73,23 @@ impl VhdxLayer {
         let mut st = lock(&self.state);
         self.begin(&mut st)?;
         let size_patch = (self.meta.size_item_offset, new_size.to_le_bytes().to_vec());
-        if new_size > old.virtual_size {
+        let relocate = new.total_entries * 8 > self.regions.bat.length;
+        if relocate && new.total_entries * 8 > MAX_BAT_BYTES {
+            return Err(Error::unsupported(format!(
+                "a BAT of {} entries is too large",
+                new.total_entries
+            )));
+        }
+        if relocate {
+            let last = old.data_blocks.saturating_sub(1);
+            if old.block_bytes(last) < old.block_size && old.data_blocks > 0 {
+                self.zero_block_tail(last, old.block_bytes(last))?;
+            }
+            self.guarded(|| self.move_bat(&mut st, &old, &new))?;
+            let mut size = Txn::default();
+            size.patches.push(size_patch);
+            self.commit(&mut st, size)?;
+        } else if new_size > old.virtual_size {
             // Bring the BAT entries the new size adds into memory, as the file has them (stale
             // entries from an earlier, larger size are cleared below).
             {
@@ -125,6 +139,16 @@ impl VhdxLayer {
                     }
                 }
             }
+            if old.has_parent {
+                // Sector bitmap blocks of chunks wholly past the new end are dropped too (their
+                // space is not reused: it is cut below when it lies at the end of the file).
+                for chunk in new.bitmap_blocks..old.bitmap_blocks {
+                    let i = old.bitmap_index(chunk);
+                    if i < old.total_entries as usize && self.entry(&txn, i) != 0 {
+                        txn.bat.insert(i, 0);
+                    }
+                }
+            }
             self.commit(&mut st, txn)?;
             let last = new.data_blocks - 1;
             self.zero_block_tail(last, new.block_bytes(last))?;
@@ -133,7 +157,116 @@ impl VhdxLayer {
         if !st.header.log_guid.is_nil() {
             self.update_header(&mut st, |h| h.log_guid = disk_core::guid::MsGuid::NIL)?;
         }
+        if new_size < old.virtual_size {
+            // The log is empty now, so no replay can ask for the old file length back.
+            self.cut_unused_tail(&mut st)?;
+        }
         self.stale.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The end of the last structure the file uses (header section, regions, log, and every
+    /// block a BAT entry points at), rounded up to 1 MiB.
+    fn used_end(&self, st: &WriteState) -> u64 {
+        let g = &self.geo;
+        let mut end = HEADER_SECTION_SIZE;
+        for r in [self.regions.bat, self.regions.metadata] {
+            end = end.max(r.offset.saturating_add(r.length));
+        }
+        let log_len = u64::from(st.header.log_length.get());
+        if log_len > 0 {
+            end = end.max(st.header.log_offset.get().saturating_add(log_len));
+        }
+        for (i, &e) in read_lock(&self.bat).iter().enumerate() {
+            let is_bitmap = (i as u64 + 1).is_multiple_of(g.chunk_ratio + 1);
+            let stored = if is_bitmap {
+                bat_state(e) == bitmap::PRESENT
+            } else {
+                matches!(bat_state(e), payload::FULLY_PRESENT | payload::PARTIALLY_PRESENT)
+            };
+            if stored {
+                let size = if is_bitmap { MIB } else { g.block_size };
+                end = end.max(bat_offset(e).saturating_add(size));
+            }
+        }
+        end.div_ceil(MIB).saturating_mul(MIB)
+    }
+
+    /// Cut the file after its last used structure when space past it was freed (a shrink).
+    fn cut_unused_tail(&self, st: &mut WriteState) -> Result<()> {
+        let end = self.used_end(st);
+        let len = self.file.len().io_context("reading the file size", 0)?;
+        if len > end {
+            self.file.set_len(end).io_context("cutting unused space", end)?;
+            self.file.flush().io_context("flushing", end)?;
+            st.file_end = end;
+            let block = self.geo.block_size;
+            st.free.retain(|&off| off + block <= end);
+        }
+        Ok(())
+    }
+
+    /// Move the BAT to a new region at the end of the file, large enough for `new` (see the
+    /// module docs): copy, flush, then switch region table 1 and region table 2 in turn.
+    fn move_bat(&self, st: &mut WriteState, old: &Geometry, new: &Geometry) -> Result<()> {
+        let length = (new.total_entries * 8).div_ceil(MIB) * MIB;
+        let length32 =
+            u32::try_from(length).map_err(|_| Error::unsupported(format!("a BAT region of {length} bytes")))?;
+        // Our own allocation, never a reused payload block: the region must be one piece.
+        let offset = st.file_end.div_ceil(MIB) * MIB;
+        // A fixed disk's new blocks follow the region, allocated with it in one extension.
+        let fixed = self.meta.leave_allocated && !old.has_parent;
+        let new_blocks = if fixed { new.data_blocks - old.data_blocks } else { 0 };
+        let end = new_blocks
+            .checked_mul(old.block_size)
+            .and_then(|b| b.checked_add(length))
+            .and_then(|b| b.checked_add(offset))
+            .ok_or_else(|| Error::unsupported("file would exceed 2^64 bytes"))?;
+        self.file
+            .set_len(end)
+            .io_context("extending the file for the BAT", offset)?;
+        st.file_end = end;
+        // The current entries, as the file has them (the log is applied).
+        let mut bytes = vec![0u8; (old.total_entries * 8) as usize];
+        let at = self.regions.bat.offset;
+        self.file.read_at(&mut bytes, at).io_context("reading the BAT", at)?;
+        bytes.resize((new.total_entries * 8) as usize, 0);
+        for (k, block) in (old.data_blocks..old.data_blocks + new_blocks).enumerate() {
+            let off = offset + length + k as u64 * old.block_size;
+            let i = new.payload_index(block) * 8;
+            bytes[i..i + 8].copy_from_slice(&bat_entry(payload::FULLY_PRESENT, off).to_le_bytes());
+        }
+        for (k, chunk) in bytes.chunks(MIB as usize).enumerate() {
+            let at = offset + k as u64 * MIB;
+            self.file.write_at(chunk, at).io_context("writing the new BAT", at)?;
+        }
+        self.file.flush().io_context("flushing the new BAT", offset)?;
+        // The region table: from the copy the parser used, with the BAT entry changed.
+        let src = if self.regions.valid[0] {
+            REGION_TABLE1_OFFSET
+        } else {
+            REGION_TABLE2_OFFSET
+        };
+        let mut table = vec![0u8; REGION_TABLE_SIZE];
+        self.file
+            .read_at(&mut table, src)
+            .io_context("reading the region table", src)?;
+        let bad = || Error::corrupt("region table changed under an open image").in_structure("region table");
+        let (hdr, rest) = RegionTableHeader::mut_from_prefix(&mut table).map_err(|_| bad())?;
+        let count = hdr.entry_count.get().min(MAX_REGION_ENTRIES) as usize;
+        let (entries, _) = <[RegionTableEntry]>::mut_from_prefix_with_elems(rest, count).map_err(|_| bad())?;
+        let entry = entries.iter_mut().find(|e| e.guid == BAT_REGION).ok_or_else(bad)?;
+        entry.file_offset.set(offset);
+        entry.length.set(length32);
+        table[4..8].fill(0);
+        let crc = checksum_with_zero_field(&table, 4);
+        table[4..8].copy_from_slice(&crc.to_le_bytes());
+        for at in [REGION_TABLE1_OFFSET, REGION_TABLE2_OFFSET] {
+            self.file
+                .write_at(&table, at)
+                .io_context("writing the region table", at)?;
+            self.file.flush().io_context("flushing the region table", at)?;
+        }
         Ok(())
     }
 }

@@ -74,7 +74,7 @@ impl VhdxLayer {
     }
 
     /// Run a metadata update; if it fails, refuse further changes (its state on disk is unknown).
-    fn guarded<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    pub(crate) fn guarded<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let r = f();
         if r.is_err() {
             self.poisoned.store(true, Ordering::Release);
