@@ -59,20 +59,33 @@ impl FileCreator for SiblingFiles {
     }
 }
 
+/// The directory holding `path` (`.` for a bare file name).
+pub(crate) fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A hidden temporary name beside `path` (`.NAME.vdisk-PURPOSE-PID`): renaming it over `path`
+/// later is atomic because both are in one directory.
+pub(crate) fn temp_beside(path: &Path, purpose: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    parent_dir(path).join(format!(".{name}.vdisk-{purpose}-{}", std::process::id()))
+}
+
 /// Create a new image at `path`, replacing any file there only once the new image is complete
 /// (it is written to a temporary name and renamed), so a failed create leaves an existing file
 /// untouched.
 pub fn create(path: impl AsRef<Path>, options: &CreateOptions) -> Result<()> {
     let path = path.as_ref();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::invalid_argument("the image path has no file name"))?
-        .to_string_lossy()
-        .into_owned();
+    let dir = parent_dir(path);
+    if path.file_name().is_none() {
+        return Err(Error::invalid_argument("the image path has no file name"));
+    }
 
     let parent = match &options.backing {
         Some(recorded) => {
@@ -103,7 +116,7 @@ pub fn create(path: impl AsRef<Path>, options: &CreateOptions) -> Result<()> {
             image,
         });
 
-    let temp = dir.join(format!(".{file_name}.vdisk-tmp-{}", std::process::id()));
+    let temp = temp_beside(path, "tmp");
     let files = SiblingFiles {
         dir: dir.clone(),
         created: Default::default(),

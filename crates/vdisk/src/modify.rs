@@ -1,10 +1,11 @@
 //! Changing images in place: resize, commit, rebase, flatten, with files found and opened the
 //! way [`open`] does.
 
+use crate::create::{parent_dir, temp_beside};
 use crate::{ConvertOptions, Disk, Format, Image, OpenOptions, convert, driver, open};
 use disk_core::{Error, ErrorKind, FileStorage, NewParent, Options, Result, ResultExt, recorded_to_path};
 use disk_resize::{Moved, ResizeOptions, Resized, SizeChange};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// Change the virtual size of the image at `path` (only it: parents are not opened). See
@@ -79,15 +80,8 @@ fn resize_through_copy(
 /// Run `change` on a copy of the file at `path` beside it, then flush the copy and rename it
 /// over `path`. On failure the copy is removed and `path` is untouched.
 fn through_copy<T>(path: &Path, change: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.vdisk-update-{}", std::process::id()));
+    let dir = parent_dir(path);
+    let temp = temp_beside(path, "update");
     std::fs::copy(path, &temp).map_err(|e| Error::io(e, "copying the descriptor").with_file(&temp))?;
     let result = (|| {
         let out = change(&temp)?;
@@ -414,15 +408,8 @@ pub fn flatten(path: impl AsRef<Path>, options: &OpenOptions) -> Result<()> {
     }
     let format = top.format();
     let out = same_layout(top, "flattened in place").with_file(path)?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.vdisk-flatten-{}", std::process::id()));
+    let dir = parent_dir(path);
+    let temp = temp_beside(path, "flatten");
     let result = (|| {
         convert(
             &image,
