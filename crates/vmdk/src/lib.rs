@@ -47,6 +47,7 @@ pub mod format;
 mod layer;
 mod measure;
 mod open;
+mod parallel;
 mod sparse;
 mod stream;
 

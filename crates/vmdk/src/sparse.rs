@@ -357,29 +357,12 @@ impl SparseExtent {
 
     /// Inflate several grains (offset, index) in parallel when there are enough to be worth it.
     fn inflate_many(&self, grains: &[(u64, u64)]) -> Result<Vec<(u64, Arc<Vec<u8>>)>> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if grains.len() < 4 || threads < 2 {
+        if grains.len() < 4 {
             return Ok(Vec::new());
         }
-        let per = grains.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = grains
-                .chunks(per)
-                .map(|chunk| {
-                    scope.spawn(move || {
-                        chunk
-                            .iter()
-                            .map(|&(o, g)| self.inflate(o, g).map(|d| (o, d)))
-                            .collect::<Result<Vec<_>>>()
-                    })
-                })
-                .collect();
-            let mut out = Vec::with_capacity(grains.len());
-            for h in handles {
-                out.extend(h.join().map_err(|_| Error::corrupt("grain inflation panicked"))??);
-            }
-            Ok(out)
-        })
+        crate::parallel::map_in_order(grains, 4, |&(o, g)| self.inflate(o, g).map(|d| (o, d)))
+            .into_iter()
+            .collect()
     }
 
     /// Decompress the grain stored at byte `offset` (one grain is kept decompressed).

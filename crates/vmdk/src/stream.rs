@@ -67,30 +67,7 @@ pub(crate) fn compress_grain(lba: u64, data: &[u8]) -> Vec<u8> {
 
 /// Compress many grains on all cores, keeping their order.
 fn compress_all(grains: &[(u64, Vec<u8>)], grain_sectors: u64) -> Vec<Vec<u8>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(grains.len().max(1));
-    if threads <= 1 || grains.len() < 2 {
-        return grains
-            .iter()
-            .map(|(g, d)| compress_grain(g * grain_sectors, d))
-            .collect();
-    }
-    let per = grains.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = grains
-            .chunks(per)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|(g, d)| compress_grain(g * grain_sectors, d))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-    })
+    crate::parallel::map_in_order(grains, 2, |(g, d)| compress_grain(g * grain_sectors, d))
 }
 
 impl StreamWriter {
