@@ -21,6 +21,9 @@ pub struct OpenContext<'a> {
     pub resolver: &'a dyn Resolver,
     /// Read images with damaged checksums where a format allows it (e.g. from a backup copy).
     pub lenient: bool,
+    /// Open writable even when the space map found conflicts (`check -r`): the engine drops or
+    /// ignores the conflicting entries and never writes through them.
+    pub repair: bool,
 }
 
 impl OpenContext<'_> {

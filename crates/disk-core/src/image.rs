@@ -39,6 +39,13 @@ pub struct OpenOptions {
     pub missing_parent: MissingParent,
     /// Accept damaged checksums where the format has a way to read anyway.
     pub lenient: bool,
+    /// Open writable despite space-map conflicts, for `check -r` (see [`OpenContext::repair`]).
+    pub repair: bool,
+    /// Accept a parent whose identity the child does not record (VMDK `parentCID=ffffffff`, a
+    /// VHDX child without parent linkage; see [`Layer::parent_identity_recorded`]). Off by
+    /// default: such a chain is refused with [`ErrorKind::ParentMismatch`], because any image
+    /// the locator reaches would be accepted as the parent.
+    pub trust_unlinked_parent: bool,
 }
 
 impl Default for OpenOptions {
@@ -51,6 +58,8 @@ impl Default for OpenOptions {
             verify_parents: true,
             missing_parent: MissingParent::Fail,
             lenient: false,
+            repair: false,
+            trust_unlinked_parent: false,
         }
     }
 }
@@ -86,6 +95,7 @@ impl OpenOptions {
             writable,
             resolver: &*self.resolver,
             lenient: self.lenient,
+            repair: self.repair,
         }
     }
 }
@@ -162,6 +172,13 @@ impl Image {
                     .map_err(|e| e.with_file(&opened.path))?;
                 let child = &image.layers.last().expect("top").layer;
                 if options.verify_parents {
+                    if !child.parent_identity_recorded() && !options.trust_unlinked_parent {
+                        return Err(Error::new(
+                            ErrorKind::ParentMismatch,
+                            "the image records no identity for its parent (so any file would be \
+                             accepted as the parent); opening it needs an explicit opt-in",
+                        ));
+                    }
                     child.verify_parent(&*layer)?;
                 }
                 if layer.sector_size() != child.sector_size() {

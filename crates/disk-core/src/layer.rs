@@ -77,6 +77,14 @@ pub trait Layer: Send + Sync + Any {
         Ok(())
     }
 
+    /// Whether this (differencing) layer records an identity its parent must match. `false`
+    /// for a VMDK with the wildcard `parentCID=ffffffff` or a VHDX without parent linkage:
+    /// [`Image::open_chain`](crate::Image::open_chain) then refuses the parent unless the caller
+    /// opted in ([`OpenOptions::trust_unlinked_parent`](crate::OpenOptions)).
+    fn parent_identity_recorded(&self) -> bool {
+        true
+    }
+
     /// What `vdisk info` shows.
     fn info(&self) -> LayerInfo;
 
@@ -256,11 +264,11 @@ pub enum Repair {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CheckReport {
     /// Problems that make data wrong or unreadable.
-    pub corruptions: Vec<String>,
+    pub corruptions: Findings,
     /// Space allocated but not referenced.
-    pub leaks: Vec<String>,
+    pub leaks: Findings,
     /// Problems fixed by repair.
-    pub repaired: Vec<String>,
+    pub repaired: Findings,
     /// Where the image's used data ends in the file, if known.
     pub image_end_offset: Option<u64>,
     /// Allocated blocks/grains, if the format has them.
@@ -272,6 +280,68 @@ pub struct CheckReport {
 impl CheckReport {
     /// Whether nothing is wrong.
     pub fn is_clean(&self) -> bool {
-        self.corruptions.is_empty() && self.leaks.is_empty()
+        self.corruptions.count() == 0 && self.leaks.count() == 0
+    }
+}
+
+/// How many messages a [`Findings`] list keeps; further ones are only counted.
+pub const MAX_CHECK_DETAILS: usize = 1000;
+
+/// A bounded list of check messages: the first [`MAX_CHECK_DETAILS`] in full and a count of
+/// all, so that a hostile image with millions of bad entries costs constant memory. Reads as a
+/// slice of the kept messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Findings {
+    details: Vec<String>,
+    count: u64,
+}
+
+impl Findings {
+    /// No findings.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add one finding (kept in full while fewer than [`MAX_CHECK_DETAILS`] are).
+    pub fn push(&mut self, message: impl Into<String>) {
+        self.count = self.count.saturating_add(1);
+        if self.details.len() < MAX_CHECK_DETAILS {
+            self.details.push(message.into());
+        }
+    }
+
+    /// How many findings there are in all.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// How many findings have no kept message.
+    pub fn omitted(&self) -> u64 {
+        self.count.saturating_sub(self.details.len() as u64)
+    }
+}
+
+impl std::ops::Deref for Findings {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        &self.details
+    }
+}
+
+impl From<Vec<String>> for Findings {
+    fn from(details: Vec<String>) -> Self {
+        let mut f = Findings::new();
+        for d in details {
+            f.push(d);
+        }
+        f
+    }
+}
+
+impl Extend<String> for Findings {
+    fn extend<I: IntoIterator<Item = String>>(&mut self, iter: I) {
+        for d in iter {
+            self.push(d);
+        }
     }
 }

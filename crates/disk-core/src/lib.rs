@@ -35,6 +35,7 @@ mod options;
 mod probe;
 mod raw;
 mod resolve;
+pub mod space;
 mod storage;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
@@ -45,12 +46,13 @@ pub use driver::{
 };
 pub use error::{Error, ErrorContext, ErrorKind, IoResultExt, Result, ResultExt, display_chain};
 pub use image::{Image, MissingParent, OpenOptions};
-pub use layer::{CheckReport, InfoValue, Layer, LayerInfo, NewParent, ParentRef, Repair};
+pub use layer::{CheckReport, Findings, InfoValue, MAX_CHECK_DETAILS, Layer, LayerInfo, NewParent, ParentRef, Repair};
 pub use options::{Options, parse_size};
 pub use probe::{Format, probe, vhd_footer_checksum_ok};
 pub use raw::{RawDriver, RawLayer};
 pub use resolve::{
     DenyExternal, FileKind, FileRequest, FsPolicy, FsResolver, MemResolver, Opened, Resolver, recorded_to_path,
 };
+pub use space::{Conflict, SpaceKind, SpaceMap};
 pub use storage::{FileStorage, MemStorage, Storage};
 pub use uuid::{self, Uuid};

@@ -4,7 +4,7 @@ use crate::common::{CmdResult, Ctx, in_file, parse_format_opt};
 use crate::output::{OutputFormat, emit, pretty_json};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
-use vdisk::{CheckReport, MissingParent, Repair};
+use vdisk::{CheckReport, Findings, MissingParent, Repair};
 
 /// Exit status: corruptions remain.
 const CORRUPT: u8 = 2;
@@ -53,9 +53,9 @@ pub fn run(ctx: &Ctx, args: &CheckArgs) -> CmdResult {
         OutputFormat::Human => to_human(&report),
     };
     emit(&text);
-    Ok(if !report.corruptions.is_empty() {
+    Ok(if report.corruptions.count() > 0 {
         CORRUPT
-    } else if !report.leaks.is_empty() {
+    } else if report.leaks.count() > 0 {
         LEAKS
     } else {
         0
@@ -72,11 +72,11 @@ fn to_json(filename: &str, format: &str, r: &CheckReport) -> Value {
     if let Some(end) = r.image_end_offset.filter(|&e| e != 0) {
         o.insert("image-end-offset".into(), end.into());
     }
-    if !r.corruptions.is_empty() {
-        o.insert("corruptions".into(), r.corruptions.len().into());
+    if r.corruptions.count() > 0 {
+        o.insert("corruptions".into(), r.corruptions.count().into());
     }
-    if !r.leaks.is_empty() {
-        o.insert("leaks".into(), r.leaks.len().into());
+    if r.leaks.count() > 0 {
+        o.insert("leaks".into(), r.leaks.count().into());
     }
     if let Some(total) = r.total_clusters.filter(|&t| t != 0) {
         o.insert("total-clusters".into(), total.into());
@@ -84,7 +84,13 @@ fn to_json(filename: &str, format: &str, r: &CheckReport) -> Value {
     if let Some(allocated) = r.allocated_clusters.filter(|&a| a != 0) {
         o.insert("allocated-clusters".into(), allocated.into());
     }
-    let list = |items: &[String]| Value::Array(items.iter().map(|s| Value::from(s.as_str())).collect());
+    let list = |items: &Findings| {
+        let mut out: Vec<Value> = items.iter().map(|s| Value::from(s.as_str())).collect();
+        if items.omitted() > 0 {
+            out.push(Value::from(format!("and {} more", items.omitted())));
+        }
+        Value::Array(out)
+    };
     if !r.corruptions.is_empty() {
         o.insert("corruption-details".into(), list(&r.corruptions));
     }
@@ -100,15 +106,21 @@ fn to_json(filename: &str, format: &str, r: &CheckReport) -> Value {
 /// `qemu-img check`'s text.
 fn to_human(r: &CheckReport) -> String {
     let mut out = String::new();
-    for c in &r.corruptions {
+    for c in r.corruptions.iter() {
         out.push_str(&format!("ERROR {c}\n"));
     }
-    for l in &r.leaks {
+    if r.corruptions.omitted() > 0 {
+        out.push_str(&format!("ERROR and {} more\n", r.corruptions.omitted()));
+    }
+    for l in r.leaks.iter() {
         out.push_str(&format!("Leaked: {l}\n"));
+    }
+    if r.leaks.omitted() > 0 {
+        out.push_str(&format!("Leaked: and {} more\n", r.leaks.omitted()));
     }
     if !r.repaired.is_empty() {
         out.push_str("The following inconsistencies were found and repaired:\n\n");
-        for fixed in &r.repaired {
+        for fixed in r.repaired.iter() {
             out.push_str(&format!("    {fixed}\n"));
         }
         out.push('\n');
@@ -119,13 +131,13 @@ fn to_human(r: &CheckReport) -> String {
         if !r.corruptions.is_empty() {
             out.push_str(&format!(
                 "\n{} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n",
-                r.corruptions.len()
+                r.corruptions.count()
             ));
         }
         if !r.leaks.is_empty() {
             out.push_str(&format!(
                 "\n{} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n",
-                r.leaks.len()
+                r.leaks.count()
             ));
         }
     }

@@ -42,7 +42,7 @@ pub use modify::{AfterCommit, commit, commit_then, flatten, rebase, resize};
 pub use registry::{driver, drivers};
 
 pub use disk_core::{
-    self, Allocation, BlockStatus, CheckReport, DenyExternal, Disk, Error, ErrorKind, Format, FsPolicy, FsResolver,
+    self, Allocation, BlockStatus, CheckReport, DenyExternal, Findings, Disk, Error, ErrorKind, Format, FsPolicy, FsResolver,
     Image, InfoValue, Layer, LayerInfo, MemResolver, MemStorage, MissingParent, OpenOptions, Options, Repair, Resolver,
     Result, Storage, bytes, ops, parse_size, probe,
 };

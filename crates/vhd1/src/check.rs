@@ -14,7 +14,7 @@ pub fn check(layer: &VhdLayer, repair: Repair) -> Result<CheckReport> {
     let storage = &*layer.storage;
     let file_len = storage.len().io_context("reading the file size", 0)?;
     if !layer.footer_checksum_ok {
-        report.corruptions.push("footer checksum mismatch".into());
+        report.corruptions.push("footer checksum mismatch");
     }
     let Some(sp) = &layer.sparse else {
         report.image_end_offset = Some(file_len);
@@ -22,7 +22,7 @@ pub fn check(layer: &VhdLayer, repair: Repair) -> Result<CheckReport> {
     };
     let layout = &sp.layout;
     if !layout.header_checksum_ok {
-        report.corruptions.push("dynamic header checksum mismatch".into());
+        report.corruptions.push("dynamic header checksum mismatch");
     }
     for loc in &layer.locators {
         if let Some(problem) = &loc.problem {

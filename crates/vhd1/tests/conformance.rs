@@ -90,6 +90,7 @@ impl ImageFactory for Differencing {
             writable: false,
             resolver: &disk_core::DenyExternal,
             lenient: false,
+            repair: false,
         };
         let parent = Image::single(VhdDriver.open(self.parent.clone(), &ctx)?, None);
         VhdDriver.create(

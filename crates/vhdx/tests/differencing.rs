@@ -84,7 +84,7 @@ fn child_reads_parent_and_own_sectors() {
     assert_eq!(info.backing_filename.as_deref(), Some("parent.vhdx"));
     assert_eq!(
         c.top().check(disk_core::Repair::None).unwrap().corruptions,
-        Vec::<String>::new()
+        disk_core::Findings::new()
     );
 }
 

@@ -592,7 +592,7 @@ impl SparseExtent {
     }
 
     /// Check tables: entries past the end of file, grains used twice, GD vs redundant GD.
-    pub fn check(&self, errors: &mut Vec<String>, name: &str) -> Result<u64> {
+    pub fn check(&self, errors: &mut disk_core::Findings, name: &str) -> Result<u64> {
         let gd = self.gd.read().unwrap_or_else(|e| e.into_inner()).clone();
         let grains = self.capacity.div_ceil(self.grain);
         let mut seen = std::collections::HashSet::new();

@@ -117,6 +117,7 @@ impl ImageFactory for MultiFile {
             writable,
             resolver: &*self.files,
             lenient: false,
+            repair: false,
         };
         Ok(Image::single(VmdkDriver.open(storage, &ctx)?, None))
     }

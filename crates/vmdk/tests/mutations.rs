@@ -24,6 +24,7 @@ fn exercise(bytes: &[u8], resolver: &MemResolver) {
         writable: false,
         resolver,
         lenient: false,
+        repair: false,
     };
     let Ok(layer) = VmdkDriver.open(storage, &ctx) else {
         return;

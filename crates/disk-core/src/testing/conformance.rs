@@ -165,6 +165,7 @@ impl ImageFactory for DriverFactory {
             writable,
             resolver: &DenyExternal,
             lenient: false,
+            repair: false,
         };
         Ok(Image::single(self.driver.open(storage, &ctx)?, None))
     }
