@@ -310,6 +310,12 @@ impl Findings {
         }
     }
 
+    /// Count `n` more findings whose messages the caller did not keep (its own source was
+    /// bounded too).
+    pub fn add_omitted(&mut self, n: u64) {
+        self.count = self.count.saturating_add(n);
+    }
+
     /// How many findings there are in all.
     pub fn count(&self) -> u64 {
         self.count

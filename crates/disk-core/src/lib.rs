@@ -46,7 +46,7 @@ pub use driver::{
 };
 pub use error::{Error, ErrorContext, ErrorKind, IoResultExt, Result, ResultExt, display_chain};
 pub use image::{Image, MissingParent, OpenOptions};
-pub use layer::{CheckReport, Findings, InfoValue, MAX_CHECK_DETAILS, Layer, LayerInfo, NewParent, ParentRef, Repair};
+pub use layer::{CheckReport, Findings, InfoValue, Layer, LayerInfo, MAX_CHECK_DETAILS, NewParent, ParentRef, Repair};
 pub use options::{Options, parse_size};
 pub use probe::{Format, probe, vhd_footer_checksum_ok};
 pub use raw::{RawDriver, RawLayer};

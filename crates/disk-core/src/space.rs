@@ -278,13 +278,16 @@ impl SpaceMap {
             None => Ok(()),
             Some(first) => {
                 let more = self.conflict_count.saturating_sub(1);
-                let also = if more > 0 { format!(" (and {more} more)") } else { String::new() };
-                Err(Error::new(
-                    ErrorKind::Corrupt,
-                    format!("{first}{also}; run check -r all to repair"),
+                let also = if more > 0 {
+                    format!(" (and {more} more)")
+                } else {
+                    String::new()
+                };
+                Err(
+                    Error::new(ErrorKind::Corrupt, format!("{first}{also}; run check -r all to repair"))
+                        .in_structure(first.range().kind.name())
+                        .at_offset(first.range().start),
                 )
-                .in_structure(first.range().kind.name())
-                .at_offset(first.range().start))
             }
         }
     }

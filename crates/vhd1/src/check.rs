@@ -2,13 +2,16 @@
 //! other or the metadata, footer copies that disagree, damaged checksums and locators.
 
 use crate::footer::FooterSource;
-use crate::format::{BAT_FREE, DiskType, FOOTER_SIZE, HEADER_SIZE, SECTOR_SIZE};
-use crate::layer::{VhdLayer, block_used_bytes, first_free_offset};
-use disk_core::{CheckReport, IoResultExt, Repair, Result};
+use crate::format::{BAT_FREE, DiskType, FOOTER_SIZE, SECTOR_SIZE};
+use crate::layer::{SparseState, VhdLayer, first_free_offset, read_lock, write_lock};
+use disk_core::{CheckReport, Conflict, IoResultExt, Repair, Result, SpaceKind};
+use std::collections::BTreeMap;
 use zerocopy::IntoBytes;
 
-/// Check `layer`'s metadata. Repair is limited to rewriting a missing or damaged footer at the
-/// end of a dynamic or differencing disk (with [`Repair::All`] on a writable image).
+/// Check `layer`'s metadata against its space map (every overlap, every block past the end,
+/// whole unused blocks inside the file, unused space before the footer). On a writable image,
+/// [`Repair::Leaks`] cuts unused space before the footer; [`Repair::All`] also frees unusable
+/// BAT entries and rewrites a missing or damaged footer.
 pub fn check(layer: &VhdLayer, repair: Repair) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     let storage = &*layer.storage;
@@ -50,83 +53,105 @@ pub fn check(layer: &VhdLayer, repair: Repair) -> Result<CheckReport> {
         _ => Some("footer copy at offset 0 differs from the footer at the end of the file"),
     };
 
-    // Metadata regions, then every block, sorted to find overlaps.
-    let bat = sp.bat.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let mut regions: Vec<(u64, u64, String)> = vec![
-        (0, FOOTER_SIZE, "footer copy".into()),
-        (
-            layout.header_offset,
-            layout.header_offset + HEADER_SIZE,
-            "dynamic header".into(),
-        ),
-        (
-            layout.table_offset,
-            layout.table_offset + u64::from(layout.blocks) * 4,
-            "BAT".into(),
-        ),
-    ];
-    for loc in layer.locators.iter().filter(|l| l.problem.is_none() && l.length > 0) {
-        regions.push((
-            loc.offset,
-            loc.offset + u64::from(loc.length),
-            format!("parent locator {}", loc.platform),
-        ));
+    // Unusable BAT entries are freed first (with -r all), then every structure and block goes
+    // into one space map: every overlap and every block past the end is reported.
+    let bad = read_lock(&sp.bad).clone();
+    if repair == Repair::All && !layer.read_only && !bad.is_empty() {
+        free_bad_entries(layer, sp, &bad, &mut report)?;
     }
-    let mut allocated = 0u64;
-    for (index, &entry) in bat.iter().enumerate() {
-        if entry == BAT_FREE {
-            continue;
-        }
-        allocated += 1;
-        let start = u64::from(entry) * SECTOR_SIZE;
-        let end = start + layout.bitmap_size + block_used_bytes(layout, index as u32, layer.virtual_size);
-        if end > file_len {
+    let bat = read_lock(&sp.bat).clone();
+    let audit = crate::space::audit(storage, layout, &bat, &layer.locators, layer.virtual_size, file_len)?;
+    // Metadata conflicts come first in the map's list (claimed before any block), so all are kept.
+    for conflict in audit
+        .map
+        .conflicts()
+        .iter()
+        .filter(|c| c.range().kind != SpaceKind::Data)
+    {
+        report.corruptions.push(conflict.to_string());
+    }
+    for (index, conflict) in &audit.bad {
+        report.corruptions.push(format!("BAT entry {index}: {conflict}"));
+    }
+    let allocated = bat.iter().filter(|&&e| e != BAT_FREE).count() as u64;
+    let free = first_free_offset(layout, &bat, &layer.locators, layer.virtual_size, file_len)
+        .max(audit.map.used_end().next_multiple_of(SECTOR_SIZE));
+    // Whole blocks' worth of space inside the file that nothing uses (freed blocks); smaller
+    // gaps are alignment padding other tools leave.
+    for (at, len) in audit.map.gaps(FOOTER_SIZE, free) {
+        if len >= layout.block_footprint() {
             report
-                .corruptions
-                .push(format!("BAT entry {index} points past end of file (offset {start:#x})"));
-            continue;
-        }
-        regions.push((start, start + layout.block_footprint(), format!("block {index}")));
-    }
-    regions.sort();
-    for pair in regions.windows(2) {
-        let (a, b) = (&pair[0], &pair[1]);
-        if a.0 < a.1 && b.0 < a.1 {
-            report.corruptions.push(format!(
-                "{} (offset {:#x}) overlaps {} (offset {:#x})",
-                a.2, a.0, b.2, b.0
-            ));
+                .leaks
+                .push(format!("{len} bytes at offset {at:#x} are not used by any block"));
         }
     }
-
-    let free = first_free_offset(layout, &bat, &layer.locators, layer.virtual_size, file_len);
     report.image_end_offset = Some(free + FOOTER_SIZE);
     report.allocated_clusters = Some(allocated);
     report.total_clusters = Some(u64::from(layout.blocks));
     if let Some(problem) = footer_problem {
         if repair == Repair::All && !layer.read_only && layer.footer_checksum_ok && layer.disk_type != DiskType::Fixed {
-            let _guard = sp.alloc.lock().unwrap_or_else(|e| e.into_inner());
-            storage
-                .write_at(layer.footer.as_bytes(), 0)
-                .io_context("rewriting the footer copy", 0)?;
-            storage
-                .write_at(layer.footer.as_bytes(), free)
-                .io_context("rewriting the footer", free)?;
-            if file_len > free + FOOTER_SIZE {
-                storage
-                    .set_len(free + FOOTER_SIZE)
-                    .io_context("trimming the file", free)?;
-            }
-            storage.flush().io_context("flushing the repair", 0)?;
+            rewrite_footers(layer, free, file_len)?;
             report.repaired.push(problem.to_string());
         } else {
             report.corruptions.push(problem.to_string());
         }
     } else if file_len > free + FOOTER_SIZE {
-        report.leaks.push(format!(
+        let leak = format!(
             "{} bytes before the footer are not used by any block",
             file_len - free - FOOTER_SIZE
-        ));
+        );
+        if repair != Repair::None && !layer.read_only {
+            rewrite_footers(layer, free, file_len)?;
+            report.repaired.push(leak);
+        } else {
+            report.leaks.push(leak);
+        }
     }
     Ok(report)
+}
+
+/// Write both footers for a file whose used space ends at `free`, cutting what lies after.
+fn rewrite_footers(layer: &VhdLayer, free: u64, file_len: u64) -> Result<()> {
+    let storage = &*layer.storage;
+    let Some(sp) = &layer.sparse else {
+        return Ok(());
+    };
+    let _guard = sp.alloc.lock().unwrap_or_else(|e| e.into_inner());
+    storage
+        .write_at(layer.footer.as_bytes(), 0)
+        .io_context("rewriting the footer copy", 0)?;
+    storage
+        .write_at(layer.footer.as_bytes(), free)
+        .io_context("rewriting the footer", free)?;
+    if file_len > free + FOOTER_SIZE {
+        storage
+            .set_len(free + FOOTER_SIZE)
+            .io_context("trimming the file", free)?;
+    }
+    storage.flush().io_context("flushing the repair", 0)?;
+    Ok(())
+}
+
+/// Set every unusable BAT entry to free in the file (one flushed write per run of entries);
+/// the sectors they held then read as zeros (dynamic) or from the parent (differencing).
+fn free_bad_entries(
+    layer: &VhdLayer,
+    sp: &SparseState,
+    bad: &BTreeMap<u32, Conflict>,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let _guard = sp.alloc.lock().unwrap_or_else(|e| e.into_inner());
+    let entries: Vec<(u32, u32)> = bad.keys().map(|&i| (i, BAT_FREE)).collect();
+    layer.write_bat_entries(sp, &entries)?;
+    layer.storage.flush().io_context("flushing the repaired BAT", 0)?;
+    let mut table = write_lock(&sp.bat);
+    let mut unusable = write_lock(&sp.bad);
+    for (&index, conflict) in bad {
+        if let Some(e) = table.get_mut(index as usize) {
+            *e = BAT_FREE;
+        }
+        unusable.remove(&index);
+        report.repaired.push(format!("BAT entry {index} freed: {conflict}"));
+    }
+    Ok(())
 }

@@ -6,8 +6,8 @@ use crate::header::{self, Sparse};
 use crate::parent::{self, Locator};
 use disk_core::mapping::{Mapping, Run, read_mapped};
 use disk_core::{
-    Allocation, BlockStatus, Disk, Error, ErrorKind, Format, IoResultExt, Layer, LayerInfo, OpenContext, ParentRef,
-    Result, Storage,
+    Allocation, BlockStatus, Conflict, Disk, Error, ErrorKind, Format, IoResultExt, Layer, LayerInfo, OpenContext,
+    ParentRef, Result, Storage,
 };
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +43,9 @@ pub(crate) struct SparseState {
     /// Sector bitmaps (differencing) changed in memory and not yet written: newer than the
     /// file, so readers look here first.
     pub(crate) bitmaps: RwLock<HashMap<u32, Vec<u8>>>,
+    /// BAT entries found unusable on open (past the end, on metadata, on another block), with
+    /// why: never read or written through; `check -r all` frees them.
+    pub(crate) bad: RwLock<BTreeMap<u32, Conflict>>,
 }
 
 /// Metadata changes that wait for the next flush.
@@ -135,22 +138,12 @@ impl VhdLayer {
                 display,
             });
         }
-        let past_end = bat.iter().enumerate().position(|(i, &e)| {
-            e != BAT_FREE
-                && u64::from(e) * SECTOR_SIZE + layout.bitmap_size + block_used_bytes(&layout, i as u32, virtual_size)
-                    > file_len
-        });
-        match past_end {
-            Some(index) if ctx.writable => {
-                return Err(Error::corrupt(format!(
-                    "BAT entry {index} points past end of file (offset {:#x}); refusing to write",
-                    u64::from(bat[index]) * SECTOR_SIZE
-                ))
-                .in_structure("BAT"));
-            }
-            _ => {}
+        let audit = crate::space::audit(&*layer.storage, &layout, &bat, &layer.locators, virtual_size, file_len)?;
+        if ctx.writable && !ctx.repair {
+            audit.map.refuse_writes_if_conflicted()?;
         }
-        let free = first_free_offset(&layout, &bat, &layer.locators, virtual_size, file_len);
+        let free = first_free_offset(&layout, &bat, &layer.locators, virtual_size, file_len)
+            .max(audit.map.used_end().next_multiple_of(SECTOR_SIZE));
         layer.sparse = Some(SparseState {
             layout,
             bat: RwLock::new(bat),
@@ -160,6 +153,7 @@ impl VhdLayer {
                 bat_dirty: BTreeMap::new(),
             }),
             bitmaps: RwLock::new(HashMap::new()),
+            bad: RwLock::new(audit.bad),
         });
         Ok(layer)
     }
@@ -243,8 +237,14 @@ impl VhdLayer {
         Ok((if first { Loc::Data(data) } else { Loc::Clear }, run))
     }
 
-    /// Check that block `index` (BAT entry `entry`) lies inside the file; its byte offset.
+    /// Check that block `index` (BAT entry `entry`) is usable (inside the file, on no other
+    /// structure); its byte offset.
     pub(crate) fn check_block(&self, sp: &SparseState, index: u32, entry: u32) -> Result<u64> {
+        if let Some(conflict) = read_lock(&sp.bad).get(&index) {
+            return Err(Error::corrupt(format!("BAT entry {index} is unusable: {conflict}"))
+                .in_structure("BAT")
+                .at_offset(conflict.range().start));
+        }
         let start = u64::from(entry) * SECTOR_SIZE;
         let used = block_used_bytes(&sp.layout, index, self.virtual_size);
         let end = start + sp.layout.bitmap_size + used;

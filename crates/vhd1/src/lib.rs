@@ -50,6 +50,7 @@ mod info;
 mod layer;
 pub mod parent;
 mod resize;
+mod space;
 mod write;
 
 pub use create::{VhdCreateOptions, append_fixed_footer, file_size};

@@ -132,7 +132,8 @@ fn bat_entry_past_end_of_file() {
     disk.read(0, &mut buf).unwrap();
     let err = disk.read(4096, &mut buf).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt);
-    assert!(err.to_string().contains("BAT entry 1 points past end of file"), "{err}");
+    assert!(err.to_string().contains("BAT entry 1 is unusable"), "{err}");
+    assert!(err.to_string().contains("past the end of the file"), "{err}");
     let report = disk.top().check(Repair::None).unwrap();
     assert!(
         report.corruptions.iter().any(|c| c.contains("BAT entry 1")),
