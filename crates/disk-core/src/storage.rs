@@ -174,7 +174,18 @@ impl Storage for FileStorage {
     }
 
     fn len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        let meta = self.file.metadata()?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileTypeExt;
+            if meta.file_type().is_block_device() {
+                // A block device's metadata says 0 bytes; its end is its size. Moving the shared
+                // file offset is harmless: all I/O here is positional.
+                use std::io::Seek;
+                return (&self.file).seek(io::SeekFrom::End(0));
+            }
+        }
+        Ok(meta.len())
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -457,7 +468,7 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn exercise(s: &dyn Storage) {
@@ -518,6 +529,59 @@ mod tests {
             assert!(n > 0 && n <= 32 << 20);
             assert!(f.allocation(32 << 20, 4096).unwrap().0);
         }
+    }
+
+    /// A loop device over a file, detached on drop; `None` (with a note) where this host does
+    /// not allow attaching one (not root, no `losetup`, no loop driver).
+    #[cfg(target_os = "linux")]
+    pub(crate) struct LoopDevice(pub(crate) PathBuf);
+
+    #[cfg(target_os = "linux")]
+    impl LoopDevice {
+        pub(crate) fn attach(file: &Path) -> Option<LoopDevice> {
+            let out = std::process::Command::new("losetup")
+                .args(["-f", "--show"])
+                .arg(file)
+                .output()
+                .ok()?;
+            let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if !out.status.success() || dev.is_empty() {
+                eprintln!(
+                    "skipped: cannot attach a loop device here ({})",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                return None;
+            }
+            Some(LoopDevice(PathBuf::from(dev)))
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    impl Drop for LoopDevice {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup").arg("-d").arg(&self.0).status();
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn block_device_length_is_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("backing");
+        let f = FileStorage::create(&backing, false).unwrap();
+        f.set_len(3 << 20).unwrap();
+        f.write_at(b"end", (3 << 20) - 3).unwrap();
+        f.flush().unwrap();
+        let Some(dev) = LoopDevice::attach(&backing) else {
+            return;
+        };
+        let s = FileStorage::open(&dev.0, false).unwrap();
+        assert_eq!(s.len().unwrap(), 3 << 20, "a block device's length is its size, not 0");
+        // The length query does not disturb positional reads.
+        let mut end = [0u8; 3];
+        s.read_at(&mut end, (3 << 20) - 3).unwrap();
+        assert_eq!(&end, b"end");
+        assert_eq!(s.len().unwrap(), 3 << 20);
     }
 
     #[test]
