@@ -53,6 +53,6 @@ pub use raw::{RawDriver, RawLayer};
 pub use resolve::{
     DenyExternal, FileKind, FileRequest, FsPolicy, FsResolver, MemResolver, Opened, Resolver, recorded_to_path,
 };
-pub use space::{Conflict, SpaceKind, SpaceMap};
+pub use space::{Conflict, SpaceKind, SpaceMap, SpaceRange};
 pub use storage::{FileStorage, MemStorage, Storage};
 pub use uuid::{self, Uuid};

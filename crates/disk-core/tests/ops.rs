@@ -104,6 +104,16 @@ fn map_merges_runs_and_covers_the_disk() {
     if map.len() > 1 {
         assert!(map.iter().any(|e| e.zero && !e.data && e.present));
     }
+    // Streaming gives the same runs, one at a time, and stops at the sink's first error.
+    let mut streamed = Vec::new();
+    ops::map_each(&image, |e| {
+        streamed.push(e);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(streamed, map);
+    let err = ops::map_each(&image, |_| Err(disk_core::Error::invalid_argument("stop"))).unwrap_err();
+    assert_eq!(err.message(), "stop");
 }
 
 #[test]

@@ -34,12 +34,24 @@ impl MapEntry {
     }
 }
 
-/// The map of the whole disk: adjacent runs with equal properties are merged.
+/// The map of the whole disk: adjacent runs with equal properties are merged. Memory grows
+/// with the number of runs; for images nobody vetted use [`map_each`], which holds one run.
 pub fn map(disk: &dyn Disk) -> Result<Vec<MapEntry>> {
+    let mut out = Vec::new();
+    map_each(disk, |entry| {
+        out.push(entry);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The map of the whole disk, one merged run at a time, in order: `sink` gets each run once
+/// it is complete, so memory stays constant whatever the image holds.
+pub fn map_each(disk: &dyn Disk, mut sink: impl FnMut(MapEntry) -> Result<()>) -> Result<()> {
     let ss = u64::from(disk.sector_size());
     let sectors = disk.sector_count();
     let size = disk.virtual_size();
-    let mut out: Vec<MapEntry> = Vec::new();
+    let mut pending: Option<MapEntry> = None;
     let mut lba = 0u64;
     while lba < sectors {
         let st = disk.block_status(lba, sectors - lba)?;
@@ -53,11 +65,18 @@ pub fn map(disk: &dyn Disk) -> Result<Vec<MapEntry>> {
             data: st.allocation == Allocation::Data,
             offset: st.offset,
         };
-        match out.last_mut() {
+        match &mut pending {
             Some(last) if last.extends(&entry) => last.length += entry.length,
-            _ => out.push(entry),
+            _ => {
+                if let Some(done) = pending.replace(entry) {
+                    sink(done)?;
+                }
+            }
         }
         lba += st.sectors.max(1);
     }
-    Ok(out)
+    if let Some(done) = pending {
+        sink(done)?;
+    }
+    Ok(())
 }

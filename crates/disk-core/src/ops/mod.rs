@@ -6,7 +6,7 @@ mod map;
 
 pub use compare::{Comparison, compare};
 pub use copy::{CopyOptions, CopyStats, copy};
-pub use map::{MapEntry, map};
+pub use map::{MapEntry, map, map_each};
 
 use crate::disk::{Allocation, Disk};
 use crate::error::Result;
