@@ -2,7 +2,7 @@
 
 use crate::{Format, Image, OpenOptions, driver, open};
 use disk_core::{
-    BackingSpec, CreateSpec, Error, FileCreator, FileStorage, FsPolicy, FsResolver, Options, Resolver, Result, Storage,
+    BackingSpec, CreateSpec, DenyExternal, Error, FileCreator, FileStorage, Options, Resolver, Result, Storage,
     recorded_to_path,
 };
 use std::path::{Path, PathBuf};
@@ -21,7 +21,9 @@ pub struct CreateOptions {
     pub backing: Option<String>,
     /// The parent's format (probed when `None`).
     pub backing_format: Option<Format>,
-    /// The gate for opening the parent chain (default: the host file system, any path).
+    /// The gate for the files the backing image names (its own parents and extents; the
+    /// backing file itself is the caller's choice and always opened). Default: refuse them all
+    /// ([`DenyExternal`]), as [`OpenOptions`] does; pass a [`disk_core::FsResolver`] to allow them.
     pub resolver: Arc<dyn Resolver>,
 }
 
@@ -34,8 +36,14 @@ impl CreateOptions {
             options: Options::new(),
             backing: None,
             backing_format: None,
-            resolver: Arc::new(FsResolver::new(FsPolicy::Any)),
+            resolver: Arc::new(DenyExternal),
         }
+    }
+
+    /// Set [`CreateOptions::resolver`].
+    pub fn resolver(mut self, resolver: Arc<dyn Resolver>) -> Self {
+        self.resolver = resolver;
+        self
     }
 }
 

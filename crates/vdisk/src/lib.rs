@@ -24,9 +24,11 @@
 //! ```
 //!
 //! Images that name other files (parents, VMDK extents) open them only through the resolver in
-//! [`OpenOptions::resolver`]; the default refuses, so untrusted images cannot make this library
-//! read arbitrary host files. Pass [`FsResolver`] with [`FsPolicy::Any`] for a person's own
-//! images, as `qemu-img` would.
+//! [`OpenOptions::resolver`] (and [`CreateOptions::resolver`] for a new child's backing chain);
+//! the default, [`DenyExternal`], refuses, so untrusted images cannot make this library read or
+//! write arbitrary host files. [`FsResolver`] with [`FsPolicy::SameDirectory`] allows plain
+//! files in the image's own directory (the `vdisk` tool's default); [`FsPolicy::Any`] follows
+//! any path, as `qemu-img` does, and is only for a person's own images.
 
 #![forbid(unsafe_code)]
 
@@ -42,9 +44,9 @@ pub use modify::{AfterCommit, commit, commit_then, flatten, rebase, resize};
 pub use registry::{driver, drivers};
 
 pub use disk_core::{
-    self, Allocation, BlockStatus, CheckReport, DenyExternal, Findings, Disk, Error, ErrorKind, Format, FsPolicy, FsResolver,
-    Image, InfoValue, Layer, LayerInfo, MemResolver, MemStorage, MissingParent, OpenOptions, Options, Repair, Resolver,
-    Result, Storage, bytes, ops, parse_size, probe,
+    self, Allocation, BlockStatus, CheckReport, DenyExternal, Disk, Error, ErrorKind, Findings, Format, FsPolicy,
+    FsResolver, Image, InfoValue, Layer, LayerInfo, MemResolver, MemStorage, MissingParent, OpenOptions, Options,
+    Repair, Resolver, Result, Storage, bytes, ops, parse_size, probe,
 };
 pub use disk_resize;
 pub use vhd1;

@@ -107,6 +107,14 @@ fn commit_in_a_deeper_chain_keeps_every_view() {
         let top = dir.path().join(format!("top.{format}"));
         let mut c = CreateOptions::new(format, 4 << 20);
         c.backing = Some(format!("child.{format}"));
+        // The backing file's own parent is opened only with the caller's permission.
+        assert_eq!(
+            vdisk::create(&top, &c).unwrap_err().kind(),
+            ErrorKind::ExternalFileDenied,
+            "create refuses the backing chain's files by default"
+        );
+        assert!(!top.exists());
+        c.resolver = opts().resolver;
         vdisk::create(&top, &c).unwrap();
         let disk = vdisk::open(&top, &opts().writable(true)).unwrap();
         bytes::write_bytes(&disk, 3 << 20, &vec![3u8; 600 << 10]).unwrap();
