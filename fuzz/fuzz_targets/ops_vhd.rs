@@ -1,0 +1,7 @@
+//! The `ops_vhd` fuzz target: see `vdisk::fuzzing::ops_vhd`, which the corpus replay test also runs.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| vdisk::fuzzing::ops_vhd(data));
