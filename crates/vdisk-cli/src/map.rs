@@ -1,10 +1,11 @@
 //! `vdisk map`: the allocation map of a whole chain, as `qemu-img map` prints it.
 
 use crate::common::{CmdResult, Ctx, in_file, parse_format_opt};
-use crate::output::{OutputFormat, emit, json_line};
+use crate::output::{OutputFormat, json_line};
 use serde_json::{Map, Value};
+use std::io::Write;
 use std::path::PathBuf;
-use vdisk::ops::{MapEntry, map};
+use vdisk::ops::{MapEntry, map_each};
 use vdisk::{Format, Image, MissingParent};
 
 /// Arguments of `vdisk map`.
@@ -20,20 +21,20 @@ pub struct MapArgs {
     pub file: PathBuf,
 }
 
-/// The map of `image` with `qemu-img`'s conventions applied: in a raw layer every byte lies at
-/// its own offset, so allocated runs there (zero ones too) carry `offset` = `start`.
-pub fn entries(image: &Image) -> vdisk::Result<Vec<MapEntry>> {
+/// The map of `image`, one run at a time, with `qemu-img`'s conventions applied: in a raw layer
+/// every byte lies at its own offset, so allocated runs there (zero ones too) carry `offset` =
+/// `start`. Memory stays constant whatever the image holds.
+pub fn each_entry(image: &Image, mut sink: impl FnMut(MapEntry) -> vdisk::Result<()>) -> vdisk::Result<()> {
     let formats: Vec<Format> = image.layers().map(|(l, _)| l.format()).collect();
-    let mut entries = map(image)?;
-    for e in &mut entries {
+    map_each(image, |mut e| {
         if e.present && e.offset.is_none() && formats.get(e.depth as usize) == Some(&Format::Raw) {
             e.offset = Some(e.start);
         }
-    }
-    Ok(entries)
+        sink(e)
+    })
 }
 
-/// Run `vdisk map`.
+/// Run `vdisk map`: the runs are printed as they are found.
 pub fn run(ctx: &Ctx, args: &MapArgs) -> CmdResult {
     let format = parse_format_opt(args.format.as_deref())?;
     let image = ctx.open(&args.file, format, false, MissingParent::Fail)?;
@@ -46,35 +47,50 @@ pub fn run(ctx: &Ctx, args: &MapArgs) -> CmdResult {
             (_, path) => path.map(|p| p.display().to_string()).unwrap_or_default(),
         })
         .collect();
-    let entries = entries(&image).map_err(|e| in_file(&args.file, e))?;
-    let text = match args.output {
-        OutputFormat::Json => json_map(&entries),
-        OutputFormat::Human => human_map(&entries, &names),
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut first = true;
+    let result = match args.output {
+        OutputFormat::Json => {
+            let r = each_entry(&image, |e| {
+                let sep = if std::mem::take(&mut first) { "[" } else { ",\n" };
+                write_out(&mut out, &format!("{sep}{}", json_entry(&e)))
+            });
+            let close = if first { "[]\n" } else { "]\n" };
+            r.and_then(|()| write_out(&mut out, close))
+        }
+        OutputFormat::Human => write_out(&mut out, &human_header()).and_then(|()| {
+            each_entry(&image, |e| match human_line(&e, &names) {
+                Some(line) => write_out(&mut out, &line),
+                None => Ok(()),
+            })
+        }),
     };
-    emit(&text);
+    let flushed = out.flush();
+    result.map_err(|e| in_file(&args.file, e))?;
+    flushed.map_err(|e| crate::common::Failure::new(format!("writing the map: {e}")))?;
     Ok(0)
 }
 
-/// `qemu-img map --output=json`: one object per line, `compressed` always false here.
-fn json_map(entries: &[MapEntry]) -> String {
-    let lines: Vec<String> = entries
-        .iter()
-        .map(|e| {
-            let mut o = Map::new();
-            o.insert("start".into(), e.start.into());
-            o.insert("length".into(), e.length.into());
-            o.insert("depth".into(), e.depth.into());
-            o.insert("present".into(), e.present.into());
-            o.insert("zero".into(), e.zero.into());
-            o.insert("data".into(), e.data.into());
-            o.insert("compressed".into(), false.into());
-            if let Some(offset) = e.offset {
-                o.insert("offset".into(), Value::from(offset));
-            }
-            json_line(&o)
-        })
-        .collect();
-    format!("[{}]\n", lines.join(",\n"))
+/// Write `text` to the map's output (a closed pipe ends the map with an error).
+fn write_out(out: &mut impl Write, text: &str) -> vdisk::Result<()> {
+    out.write_all(text.as_bytes())
+        .map_err(|e| vdisk::Error::io(e, "writing the map"))
+}
+
+/// One `qemu-img map --output=json` object, on one line, `compressed` always false here.
+fn json_entry(e: &MapEntry) -> String {
+    let mut o = Map::new();
+    o.insert("start".into(), e.start.into());
+    o.insert("length".into(), e.length.into());
+    o.insert("depth".into(), e.depth.into());
+    o.insert("present".into(), e.present.into());
+    o.insert("zero".into(), e.zero.into());
+    o.insert("data".into(), e.data.into());
+    o.insert("compressed".into(), false.into());
+    if let Some(offset) = e.offset {
+        o.insert("offset".into(), Value::from(offset));
+    }
+    json_line(&o)
 }
 
 /// `printf("%#-16x")`: `0x`-prefixed except for zero, left-aligned in 16 columns.
@@ -83,18 +99,22 @@ fn hex16(n: u64) -> String {
     format!("{text:<16}")
 }
 
-/// `qemu-img map`'s table: the runs that hold data, with where they lie and in which file.
-fn human_map(entries: &[MapEntry], names: &[String]) -> String {
-    let mut out = format!("{:<16}{:<16}{:<16}{}\n", "Offset", "Length", "Mapped to", "File");
-    for e in entries.iter().filter(|e| e.data && !e.zero) {
-        let mapped = match e.offset {
-            Some(offset) => hex16(offset),
-            None => format!("{:<16}", "-"),
-        };
-        let file = names.get(e.depth as usize).map(String::as_str).unwrap_or("");
-        out.push_str(&format!("{}{}{}{}\n", hex16(e.start), hex16(e.length), mapped, file));
+/// The header of `qemu-img map`'s table.
+fn human_header() -> String {
+    format!("{:<16}{:<16}{:<16}{}\n", "Offset", "Length", "Mapped to", "File")
+}
+
+/// One line of `qemu-img map`'s table, for runs that hold data (where they lie, in which file).
+fn human_line(e: &MapEntry, names: &[String]) -> Option<String> {
+    if !e.data || e.zero {
+        return None;
     }
-    out
+    let mapped = match e.offset {
+        Some(offset) => hex16(offset),
+        None => format!("{:<16}", "-"),
+    };
+    let file = names.get(e.depth as usize).map(String::as_str).unwrap_or("");
+    Some(format!("{}{}{}{}\n", hex16(e.start), hex16(e.length), mapped, file))
 }
 
 #[cfg(test)]

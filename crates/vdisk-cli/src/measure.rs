@@ -55,10 +55,20 @@ pub fn run(ctx: &Ctx, args: &MeasureArgs) -> CmdResult {
         (None, Some(src)) => {
             let format = parse_format_opt(args.format.as_deref())?;
             let image = ctx.open(src, format, false, MissingParent::Fail)?;
-            let entries = crate::map::entries(&image).map_err(|e| in_file(src, e))?;
+            // Only data runs are kept, neighbours merged: bounded by the data the files hold.
+            let mut data: Vec<(u64, u64)> = Vec::new();
+            crate::map::each_entry(&image, |e| {
+                match data.last_mut() {
+                    _ if !e.data => {}
+                    Some((start, len)) if *start + *len == e.start => *len += e.length,
+                    _ => data.push((e.start, e.length)),
+                }
+                Ok(())
+            })
+            .map_err(|e| in_file(src, e))?;
             MeasureSource {
                 virtual_size: image.virtual_size(),
-                data: entries.iter().filter(|e| e.data).map(|e| (e.start, e.length)).collect(),
+                data,
                 measured_image: true,
             }
         }
