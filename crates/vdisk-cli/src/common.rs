@@ -3,7 +3,10 @@
 use std::path::Path;
 use std::sync::Arc;
 use vdisk::disk_core::display_chain;
-use vdisk::{DenyExternal, Error, Format, FsPolicy, FsResolver, Image, MissingParent, OpenOptions, Resolver};
+use vdisk::disk_core::{FileRequest, Opened};
+use vdisk::{
+    DenyExternal, Error, ErrorKind, Format, FsPolicy, FsResolver, Image, MissingParent, OpenOptions, Resolver,
+};
 
 /// A command's failure: the one line printed after `vdisk: error: ` and the exit status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,24 +42,69 @@ impl From<Error> for Failure {
 /// The outcome of a command: its exit status, or a failure.
 pub type CmdResult = Result<u8, Failure>;
 
+/// Which files an image may make `vdisk` open (`--external`): its parents and VMDK extents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum External {
+    /// Plain files in the image's own directory only (no links leading out, no devices).
+    #[default]
+    #[value(name = "same-dir")]
+    SameDir,
+    /// Any path the image names, as `qemu-img` does: only for images you trust.
+    Any,
+    /// None at all (`--no-external`): only the file named on the command line.
+    None,
+}
+
+/// Adds to a refusal how the user can allow the file, if they trust the image.
+#[derive(Debug)]
+struct Hinting {
+    inner: Arc<dyn Resolver>,
+    hint: &'static str,
+}
+
+impl Resolver for Hinting {
+    fn open(&self, request: &FileRequest<'_>) -> vdisk::Result<Opened> {
+        self.inner.open(request).map_err(|e| {
+            if e.kind() != ErrorKind::ExternalFileDenied {
+                return e;
+            }
+            let hinted = Error::new(e.kind(), format!("{} ({})", e.message(), self.hint));
+            match &e.context().file {
+                Some(file) => hinted.with_file(file),
+                None => hinted,
+            }
+        })
+    }
+}
+
 /// Settings shared by every command (global flags).
 #[derive(Debug, Clone)]
 pub struct Ctx {
-    /// The gate for parents and extents: refuse all with `--no-external`, otherwise any path.
+    /// The gate for parents and extents, as `--external` says.
     pub resolver: Arc<dyn Resolver>,
-    /// `--no-external`: touch no file other than the one named.
+    /// `--no-external` / `--external none`: touch no file other than the one named.
     pub no_external: bool,
 }
 
 impl Ctx {
     /// The context for the global flags given.
-    pub fn new(no_external: bool) -> Self {
-        let resolver: Arc<dyn Resolver> = if no_external {
-            Arc::new(DenyExternal)
-        } else {
-            Arc::new(FsResolver::new(FsPolicy::Any))
+    pub fn new(external: External) -> Self {
+        let (inner, hint): (Arc<dyn Resolver>, &'static str) = match external {
+            External::SameDir => (
+                Arc::new(FsResolver::new(FsPolicy::SameDirectory)),
+                "only plain files in the image's own directory are opened; \
+                 '--external any' opens any file an image names, for images you trust",
+            ),
+            External::Any => (
+                Arc::new(FsResolver::new(FsPolicy::Any)),
+                "only regular files and block devices are opened",
+            ),
+            External::None => (Arc::new(DenyExternal), "--no-external is in effect"),
         };
-        Ctx { resolver, no_external }
+        Ctx {
+            resolver: Arc::new(Hinting { inner, hint }),
+            no_external: external == External::None,
+        }
     }
 
     /// Open the image at `path` (with its parents, as the resolver allows).

@@ -1,6 +1,6 @@
 //! `vdisk`: a `qemu-img`-like tool for VHD, VHDX, VMDK and raw images.
 //!
-//! The command line is a public contract (`shared/design/CLI.md`): sub-commands, flags and JSON
+//! The command line is a public contract (`docs/CLI.md`): sub-commands, flags and JSON
 //! keys follow `qemu-img`. Every failure prints exactly one line `vdisk: error: ...` on stderr
 //! and exits non-zero; nothing panics on bad input.
 
@@ -19,7 +19,7 @@ mod output;
 mod resize;
 
 use clap::{Parser, Subcommand};
-use common::{CmdResult, Ctx, Failure};
+use common::{CmdResult, Ctx, External, Failure};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -27,8 +27,12 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "vdisk", version, about, max_term_width = 100)]
 struct Cli {
-    /// Refuse to open any file other than the one named (parents, extents): for untrusted images.
-    #[arg(long, global = true)]
+    /// Which files an image may make vdisk open (parents, VMDK extents); default same-dir.
+    #[arg(long, global = true, value_enum, value_name = "POLICY")]
+    external: Option<External>,
+
+    /// Refuse to open any file other than the one named (parents, extents): `--external none`.
+    #[arg(long, global = true, conflicts_with = "external")]
     no_external: bool,
 
     #[command(subcommand)]
@@ -63,7 +67,12 @@ enum Command {
 }
 
 fn run(cli: Cli) -> CmdResult {
-    let ctx = Ctx::new(cli.no_external);
+    let external = if cli.no_external {
+        External::None
+    } else {
+        cli.external.unwrap_or_default()
+    };
+    let ctx = Ctx::new(external);
     match cli.command {
         Command::Info(args) => info::run(&ctx, &args),
         Command::Create(args) => convert::run_create(&ctx, &args),
