@@ -274,6 +274,12 @@ pub(crate) fn create(storage: &dyn Storage, mut spec: CreateSpec<'_>) -> Result<
         }
         Subformat::TwoGbMaxExtentSparse | Subformat::TwoGbMaxExtentFlat => {
             let flat = sub == Subformat::TwoGbMaxExtentFlat;
+            if sectors.div_ceil(SPLIT_SECTORS) > crate::descriptor::MAX_EXTENTS as u64 {
+                return Err(Error::invalid_argument(format!(
+                    "split VMDK images are limited to {} extents of 2 GiB",
+                    crate::descriptor::MAX_EXTENTS
+                )));
+            }
             let mut left = sectors;
             let mut i = 1;
             while left > 0 || i == 1 {

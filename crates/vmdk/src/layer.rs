@@ -186,6 +186,18 @@ impl VmdkLayer {
         Ok(())
     }
 
+    /// Refuse writing when an extent's space map has conflicts (entries pointing past the end
+    /// of their file or onto other structures): the first one, naming the extent file.
+    pub(crate) fn refuse_writes_if_conflicted(&self) -> Result<()> {
+        for slot in &self.extents {
+            if let Extent::Sparse(s) = &slot.extent {
+                s.refuse_writes_if_conflicted()
+                    .map_err(|e| e.with_file(std::path::Path::new(&slot.name)))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Refuse a write into `slot` before anything (the CID) is changed.
     fn check_writable(&self, slot: &ExtentSlot) -> Result<()> {
         if slot.access != Access::ReadWrite {
@@ -206,6 +218,46 @@ impl VmdkLayer {
             _ => Ok(()),
         }
     }
+}
+
+/// Byte offset of extent sector `local` in a flat extent file whose data starts at `offset`
+/// (the opener checked that the extent's end fits; a damaged value is an error, never a wrap).
+fn flat_at(offset: u64, local: u64) -> Result<u64> {
+    local
+        .checked_mul(SECTOR)
+        .and_then(|l| l.checked_add(offset))
+        .ok_or_else(|| Error::corrupt("flat extent offset overflows").in_structure("descriptor"))
+}
+
+/// Most bytes of zeros written at once (discard and write_zeroes on extents that must store
+/// them): buffers never follow the size of the request.
+const ZERO_CHUNK_SECTORS: u64 = 2048;
+
+/// Write zeros over extent sectors `[from, to)` of `s` in bounded chunks; `global` is the disk
+/// LBA of `from`.
+fn write_zero_sectors(s: &SparseExtent, from: u64, to: u64, global: u64, below: &dyn Disk) -> Result<()> {
+    static ZEROS: [u8; (ZERO_CHUNK_SECTORS * SECTOR) as usize] = [0; (ZERO_CHUNK_SECTORS * SECTOR) as usize];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZERO_CHUNK_SECTORS);
+        s.write(at, &ZEROS[..(n * SECTOR) as usize], global + (at - from), below)?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Whether `below` reads as zeros over `[lba, lba + count)` (past its end it does).
+fn below_reads_zeros(below: &dyn Disk, lba: u64, count: u64) -> Result<bool> {
+    let end = below.sector_count();
+    let mut at = lba;
+    while at < lba.saturating_add(count).min(end) {
+        let st = below.block_status(at, lba + count - at)?;
+        if !matches!(st.allocation, Allocation::Zero | Allocation::Unallocated) {
+            return Ok(false);
+        }
+        at += st.sectors.max(1);
+    }
+    Ok(true)
 }
 
 /// Write `desc` back where it came from.
@@ -259,7 +311,7 @@ impl Layer for VmdkLayer {
                     offset,
                     file_len,
                 } => {
-                    let at = offset + local * SECTOR;
+                    let at = flat_at(*offset, local)?;
                     let inside = file_len.saturating_sub(at).min(piece.len() as u64) as usize;
                     let (head, tail) = piece.split_at_mut(inside);
                     storage.read_at(head, at).io_context("reading a flat extent", at)?;
@@ -286,7 +338,7 @@ impl Layer for VmdkLayer {
             match &slot.extent {
                 Extent::Zero => Err(Error::unsupported("cannot write to a ZERO extent")),
                 Extent::Flat { storage, offset, .. } => {
-                    let at = offset + local * SECTOR;
+                    let at = flat_at(*offset, local)?;
                     storage.write_at(piece, at).io_context("writing a flat extent", at)
                 }
                 Extent::Sparse(s) => match &self.stream {
@@ -304,10 +356,10 @@ impl Layer for VmdkLayer {
     fn write_zeroes(&self, lba: u64, count: u64, below: &dyn Disk) -> Result<()> {
         if self.stream.is_some() {
             // Zero grains are never stored in a stream: writing zero buffers costs nothing.
-            let zeros = vec![0u8; (count.min(2048) * SECTOR) as usize];
+            let zeros = vec![0u8; (count.min(ZERO_CHUNK_SECTORS) * SECTOR) as usize];
             let mut at = lba;
             while at < lba + count {
-                let n = (lba + count - at).min(2048);
+                let n = (lba + count - at).min(ZERO_CHUNK_SECTORS);
                 self.write(at, &zeros[..(n * SECTOR) as usize], below)?;
                 at += n;
             }
@@ -333,7 +385,7 @@ impl Layer for VmdkLayer {
         self.pieces(lba, count, |slot, local, n, done| match &slot.extent {
             Extent::Zero => Ok(()),
             Extent::Flat { storage, offset, .. } => {
-                let at = offset + local * SECTOR;
+                let at = flat_at(*offset, local)?;
                 storage.punch_hole(at, n * SECTOR).io_context("discarding", at)
             }
             Extent::Sparse(s) => {
@@ -352,8 +404,7 @@ impl Layer for VmdkLayer {
                     if to <= from {
                         return Ok(());
                     }
-                    let zeros = vec![0u8; ((to - from) * SECTOR) as usize];
-                    s.write(from, &zeros, lba + done + (from - local), below)
+                    write_zero_sectors(s, from, to, lba + done + (from - local), below)
                 };
                 if g1 > g0 && (standalone || s.has_zero_gte()) {
                     zeros_in(local, g0 * s.grain)?;
@@ -368,7 +419,10 @@ impl Layer for VmdkLayer {
                         let needed = match loc {
                             GrainLoc::Data(_) | GrainLoc::Compressed(_) => true,
                             GrainLoc::Zero => false,
-                            GrainLoc::Unallocated => !standalone,
+                            // Only where the parent would show something other than zeros.
+                            GrainLoc::Unallocated => {
+                                !standalone && !below_reads_zeros(below, lba + done + (at - local), run)?
+                            }
                         };
                         if needed {
                             zeros_in(at, at + run)?;
@@ -416,13 +470,14 @@ impl Layer for VmdkLayer {
                 file_len,
             } => {
                 // Holes in the host file (and the part past its end) read as zeros.
-                let at = offset + local * SECTOR;
-                let inside = file_len.saturating_sub(at) / SECTOR;
+                let at = flat_at(*offset, local)?;
+                // A final partial sector holds data too (read with zero padding).
+                let inside = file_len.saturating_sub(at);
                 if inside == 0 {
                     BlockStatus::new(n, Allocation::Zero)
                 } else {
                     let (data, bytes) = storage
-                        .allocation(at, inside.min(n) * SECTOR)
+                        .allocation(at, inside.min(n.saturating_mul(SECTOR)))
                         .io_context("querying holes", at)?;
                     if data {
                         BlockStatus::data_at(bytes.div_ceil(SECTOR).clamp(1, n), at)
@@ -463,6 +518,12 @@ impl Layer for VmdkLayer {
 
     fn parent(&self) -> Option<&ParentRef> {
         self.parent.as_ref()
+    }
+
+    /// A child without a `parentCID`, or with the wildcard `ffffffff`, accepts any parent:
+    /// the caller must opt in before such a chain is opened.
+    fn parent_identity_recorded(&self) -> bool {
+        self.parent.is_none() || self.parent_cid.is_some_and(|c| c != NO_PARENT_CID)
     }
 
     fn verify_parent(&self, parent: &dyn Layer) -> Result<()> {
@@ -519,14 +580,26 @@ impl Layer for VmdkLayer {
         info
     }
 
-    fn check(&self, _repair: Repair) -> Result<CheckReport> {
+    fn check(&self, repair: Repair) -> Result<CheckReport> {
+        if repair != Repair::None && self.read_only {
+            return Err(Error::read_only());
+        }
         let mut report = CheckReport::default();
-        let mut allocated = 0;
-        let mut total = 0;
+        let mut allocated = 0u64;
+        let mut total = 0u64;
         for slot in &self.extents {
             if let Extent::Sparse(s) = &slot.extent {
-                allocated += s.check(&mut report.corruptions, &slot.name)?;
-                total += s.capacity.div_ceil(s.grain);
+                let r = &mut report;
+                let n = s.check(
+                    &slot.name,
+                    repair,
+                    !self.read_only && self.stream.is_none(),
+                    &mut r.corruptions,
+                    &mut r.leaks,
+                    &mut r.repaired,
+                )?;
+                allocated = allocated.saturating_add(n);
+                total = total.saturating_add(s.capacity.div_ceil(s.grain));
             }
         }
         if total > 0 {

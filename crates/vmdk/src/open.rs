@@ -5,8 +5,9 @@ use crate::format::{
     self, CowdHeader, SECTOR, SeSparseConstHeader, SeSparseVolatileHeader, SparseExtentHeader, StreamFooter,
 };
 use crate::layer::{DescriptorHome, Extent, ExtentSlot, VmdkLayer};
-use crate::sparse::{Flavor, Layout, SparseExtent, check_layout, newline_ok, read_directory};
-use disk_core::{Error, ErrorKind, FileKind, IoResultExt, OpenContext, Result, Storage};
+use crate::sparse::{Flavor, Layout, MIN_KDMV_GRAIN_SECTORS, SparseExtent, check_layout, newline_ok, read_directory};
+use disk_core::{Error, ErrorKind, FileKind, IoResultExt, OpenContext, Result, SpaceKind, Storage};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use zerocopy::FromBytes;
 
@@ -58,6 +59,7 @@ fn open_kdmv(storage: Arc<dyn Storage>, len: u64) -> Result<OpenedSparse> {
         return Err(Error::unsupported(format!("sparse extent version {version}")).in_structure("sparse extent header"));
     }
     let mut h = header;
+    let mut reserved = vec![(0, SECTOR, SpaceKind::Header)];
     if h.gd_offset.get() == format::GD_AT_END {
         if len < 1536 + SECTOR {
             return Err(Error::corrupt("stream-optimized extent is too short for a footer").in_structure("footer"));
@@ -75,6 +77,7 @@ fn open_kdmv(storage: Arc<dyn Storage>, len: u64) -> Result<OpenedSparse> {
             );
         }
         h = footer.footer;
+        reserved.push((at, 1536, SpaceKind::Footer));
         if h.gd_offset.get() == format::GD_AT_END {
             return Err(Error::corrupt("footer has no grain directory offset").in_structure("footer"));
         }
@@ -96,6 +99,12 @@ fn open_kdmv(storage: Arc<dyn Storage>, len: u64) -> Result<OpenedSparse> {
     let capacity = h.capacity.get();
     let grain = h.grain_size.get();
     let gtes = u64::from(h.num_gtes_per_gt.get());
+    if grain < MIN_KDMV_GRAIN_SECTORS {
+        return Err(Error::corrupt(format!(
+            "grain size of {grain} sectors is below the {MIN_KDMV_GRAIN_SECTORS} sectors (4 KiB) VMware's specification requires"
+        ))
+        .in_structure("sparse extent header"));
+    }
     let gd_count = check_layout(capacity, grain, gtes, "sparse extent header")?;
     let to_bytes = |s: u64, what: &'static str| {
         s.checked_mul(SECTOR)
@@ -125,6 +134,7 @@ fn open_kdmv(storage: Arc<dyn Storage>, len: u64) -> Result<OpenedSparse> {
         storage
             .read_at(&mut buf, off)
             .io_context("reading the descriptor", off)?;
+        reserved.push((off, size, SpaceKind::Descriptor));
         Some((buf, off, size))
     } else {
         None
@@ -142,9 +152,11 @@ fn open_kdmv(storage: Arc<dyn Storage>, len: u64) -> Result<OpenedSparse> {
         gd,
         gd_offset,
         rgd,
+        reserved,
+        data_start: h.over_head.get().saturating_mul(SECTOR),
     };
     Ok(OpenedSparse {
-        extent: SparseExtent::new(storage, layout, len),
+        extent: SparseExtent::new(storage, layout, len)?,
         descriptor,
     })
 }
@@ -172,9 +184,11 @@ fn open_cowd(storage: Arc<dyn Storage>, len: u64) -> Result<OpenedSparse> {
         gd,
         gd_offset,
         rgd: None,
+        reserved: vec![(0, SECTOR, SpaceKind::Header)],
+        data_start: 0,
     };
     Ok(OpenedSparse {
-        extent: SparseExtent::new(storage, layout, len),
+        extent: SparseExtent::new(storage, layout, len)?,
         descriptor: None,
     })
 }
@@ -234,9 +248,11 @@ fn open_sesparse(storage: Arc<dyn Storage>, len: u64) -> Result<OpenedSparse> {
         gd,
         gd_offset,
         rgd: None,
+        reserved: vec![(0, SECTOR, SpaceKind::Header)],
+        data_start: 0,
     };
     Ok(OpenedSparse {
-        extent: SparseExtent::new(storage, layout, len),
+        extent: SparseExtent::new(storage, layout, len)?,
         descriptor: None,
     })
 }
@@ -296,7 +312,8 @@ pub(crate) fn open_layer(storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Re
             name,
             extent: Extent::Sparse(Box::new(opened.extent)),
         };
-        return VmdkLayer::new(descriptor, home, create_type, vec![slot], ctx.writable);
+        let layer = VmdkLayer::new(descriptor, home, create_type, vec![slot], ctx.writable)?;
+        return refuse_conflicted_writes(layer, ctx);
     }
     if len > MAX_DESCRIPTOR_BYTES {
         return Err(Error::new(
@@ -319,28 +336,64 @@ pub(crate) fn open_layer(storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Re
         .to_string();
     let mut slots = Vec::new();
     let mut start = 0u64;
+    // Each file is opened once, whatever the number of lines naming it; a table-based extent
+    // file may back only one extent (two would allocate grains over each other).
+    let mut flat_files: HashMap<String, (Arc<dyn Storage>, std::path::PathBuf, u64)> = HashMap::new();
+    let mut sparse_files: HashSet<std::path::PathBuf> = HashSet::new();
     for line in descriptor.extents() {
         let extent = match line.kind {
             ExtentType::Zero => Extent::Zero,
-            kind => {
+            ExtentType::Flat | ExtentType::Vmfs | ExtentType::VmfsRaw => {
+                let name = line.file.as_deref().unwrap_or_default();
+                let (storage, _, flen) = match flat_files.get(name) {
+                    Some(known) => known.clone(),
+                    None => {
+                        let opened = ctx.open_external(name, FileKind::Extent)?;
+                        if sparse_files.contains(&opened.path) {
+                            return Err(Error::corrupt(format!(
+                                "extent file '{name}' is named by a sparse extent and a flat one"
+                            ))
+                            .in_structure("descriptor"));
+                        }
+                        let flen = file_len(&*opened.storage).map_err(|e| e.with_file(&opened.path))?;
+                        let entry = (opened.storage, opened.path, flen);
+                        flat_files.insert(name.to_string(), entry.clone());
+                        entry
+                    }
+                };
+                let offset = line
+                    .offset
+                    .checked_mul(SECTOR)
+                    .filter(|o| {
+                        line.sectors
+                            .checked_mul(SECTOR)
+                            .and_then(|l| l.checked_add(*o))
+                            .is_some()
+                    })
+                    .ok_or_else(|| {
+                        Error::corrupt(format!(
+                            "flat extent '{name}' at sector {} of {} sectors ends past 2^64 bytes",
+                            line.offset, line.sectors
+                        ))
+                        .in_structure("descriptor")
+                    })?;
+                Extent::Flat {
+                    storage,
+                    offset,
+                    file_len: flen,
+                }
+            }
+            _ => {
                 let name = line.file.as_deref().unwrap_or_default();
                 let opened = ctx.open_external(name, FileKind::Extent)?;
-                let what = |e: Error| e.with_file(&opened.path);
-                match kind {
-                    ExtentType::Flat | ExtentType::Vmfs | ExtentType::VmfsRaw => {
-                        let offset = line
-                            .offset
-                            .checked_mul(SECTOR)
-                            .ok_or_else(|| Error::corrupt("flat extent offset overflows").in_structure("descriptor"))?;
-                        let flen = file_len(&*opened.storage).map_err(what)?;
-                        Extent::Flat {
-                            storage: opened.storage.clone(),
-                            offset,
-                            file_len: flen,
-                        }
-                    }
-                    _ => Extent::Sparse(Box::new(open_sparse(opened.storage.clone()).map_err(what)?.extent)),
+                if flat_files.values().any(|(_, p, _)| *p == opened.path) || !sparse_files.insert(opened.path.clone()) {
+                    return Err(Error::corrupt(format!(
+                        "extent file '{name}' is named by more than one extent, and it is not a flat file"
+                    ))
+                    .in_structure("descriptor"));
                 }
+                let what = |e: Error| e.with_file(&opened.path);
+                Extent::Sparse(Box::new(open_sparse(opened.storage.clone()).map_err(what)?.extent))
             }
         };
         let end = start
@@ -360,11 +413,21 @@ pub(crate) fn open_layer(storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Re
     if slots.is_empty() {
         return Err(Error::corrupt("descriptor lists no extents").in_structure("descriptor"));
     }
-    VmdkLayer::new(
+    let layer = VmdkLayer::new(
         Some(descriptor),
         DescriptorHome::File { storage },
         create_type,
         slots,
         ctx.writable,
-    )
+    )?;
+    refuse_conflicted_writes(layer, ctx)
+}
+
+/// A writable open of an image whose space map has conflicts is refused (unless the caller is
+/// repairing it): a write could land on metadata or on other data.
+fn refuse_conflicted_writes(layer: VmdkLayer, ctx: &OpenContext<'_>) -> Result<VmdkLayer> {
+    if ctx.writable && !ctx.repair {
+        layer.refuse_writes_if_conflicted()?;
+    }
+    Ok(layer)
 }

@@ -3,12 +3,15 @@
 
 use crate::format::{self, SECTOR};
 use disk_core::mapping::{Mapping, Run, read_mapped};
-use disk_core::{Disk, Error, IoResultExt, Result, Storage};
+use disk_core::{Disk, Error, IoResultExt, Result, SpaceKind, SpaceMap, Storage};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 mod resize;
+mod space;
+
+pub(crate) use space::BadEntries;
 
 /// Bytes of grain tables kept in memory per extent.
 const GT_CACHE_BYTES: u64 = 8 << 20;
@@ -68,13 +71,17 @@ pub(crate) struct Layout {
     pub gd_offset: u64,
     /// The redundant grain directory entries and its byte offset, if kept.
     pub rgd: Option<(Vec<u64>, u64)>,
+    /// Other ranges of the file in use (header, embedded descriptor, stream footer).
+    pub reserved: Vec<(u64, u64, SpaceKind)>,
+    /// Byte offset where grains may start (`overHead`): unused space before it is not a leak.
+    pub data_start: u64,
 }
 
 /// Metadata changed under the allocation lock.
 #[derive(Debug)]
 struct Alloc {
-    /// Where the next grain goes (bytes).
-    next_free: u64,
+    /// What every byte of the file holds; new grains and tables are allocated from it.
+    space: SpaceMap,
 }
 
 /// A table-based extent.
@@ -94,6 +101,13 @@ pub(crate) struct SparseExtent {
     cache_max: usize,
     last_grain: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     alloc: Mutex<Alloc>,
+    /// Entries found unusable when the file was mapped (reads of them fail, writes never go
+    /// through them).
+    bad: RwLock<BadEntries>,
+    /// Whether `bad` holds anything (saves the lock on every lookup).
+    any_bad: AtomicBool,
+    reserved: Vec<(u64, u64, SpaceKind)>,
+    data_start: u64,
 }
 
 fn corrupt(msg: String, offset: u64) -> Error {
@@ -101,11 +115,13 @@ fn corrupt(msg: String, offset: u64) -> Error {
 }
 
 impl SparseExtent {
-    /// Wrap a validated layout.
-    pub fn new(storage: Arc<dyn Storage>, layout: Layout, file_len: u64) -> Self {
+    /// Wrap a validated layout and map the file's space: every table and grain is recorded,
+    /// and entries that point past the end of the file or onto other structures are marked
+    /// unusable (see [`SparseExtent::conflicts`]).
+    pub fn new(storage: Arc<dyn Storage>, layout: Layout, file_len: u64) -> Result<Self> {
         let gt_bytes = (layout.gtes * 8).max(1);
         let cache_max = usize::try_from((GT_CACHE_BYTES / gt_bytes).max(16)).unwrap_or(16);
-        SparseExtent {
+        let extent = SparseExtent {
             storage,
             flavor: layout.flavor,
             capacity: layout.capacity,
@@ -120,9 +136,16 @@ impl SparseExtent {
             cache_max,
             last_grain: Mutex::new(None),
             alloc: Mutex::new(Alloc {
-                next_free: file_len.div_ceil(SECTOR) * SECTOR,
+                space: SpaceMap::new(file_len),
             }),
-        }
+            bad: RwLock::new(BadEntries::default()),
+            any_bad: AtomicBool::new(false),
+            reserved: layout.reserved,
+            data_start: layout.data_start,
+        };
+        let scan = extent.map_space(&mut |_| {})?;
+        extent.install(scan);
+        Ok(extent)
     }
 
     /// Byte offset of the grain directory.
@@ -205,24 +228,19 @@ impl SparseExtent {
                 None => return Ok(None),
             }
         };
+        if entry != 0 && self.any_bad.load(Ordering::Acquire) && self.bad_entries().table(gd_index) {
+            return Err(corrupt(
+                format!(
+                    "grain table {gd_index} (sector {entry:#x}) lies past the end of the file or on other \
+                     structures; its grains cannot be read (check -r all drops it)"
+                ),
+                entry.saturating_mul(SECTOR),
+            ));
+        }
         let Some(off) = self.gt_offset(entry)? else {
             return Ok(None);
         };
-        let mut raw = vec![0u8; usize::try_from(self.gt_bytes()).unwrap_or(0)];
-        self.storage
-            .read_at(&mut raw, off)
-            .io_context("reading a grain table", off)
-            .map_err(|e| e.in_structure("grain table"))?;
-        let table: Vec<u64> = if self.entry_size == 4 {
-            raw.chunks_exact(4)
-                .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-                .collect()
-        } else {
-            raw.chunks_exact(8)
-                .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                .collect()
-        };
-        let table = Arc::new(table);
+        let table = Arc::new(self.read_entries(off)?);
         if cache.len() >= self.cache_max {
             cache.clear();
         }
@@ -230,15 +248,58 @@ impl SparseExtent {
         Ok(Some(table))
     }
 
+    /// The entries of the grain table at byte `off` (inside the file, checked by the caller).
+    fn read_entries(&self, off: u64) -> Result<Vec<u64>> {
+        let mut raw = vec![0u8; usize::try_from(self.gt_bytes()).unwrap_or(0)];
+        self.storage
+            .read_at(&mut raw, off)
+            .io_context("reading a grain table", off)
+            .map_err(|e| e.in_structure("grain table"))?;
+        Ok(if self.entry_size == 4 {
+            raw.chunks_exact(4)
+                .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                .collect()
+        } else {
+            raw.chunks_exact(8)
+                .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect()
+        })
+    }
+
+    /// The entries found unusable on open.
+    fn bad_entries(&self) -> std::sync::RwLockReadGuard<'_, BadEntries> {
+        self.bad.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Where grain `g` lives.
     pub fn lookup(&self, g: u64) -> Result<GrainLoc> {
+        Ok(self.lookup_span(g)?.0)
+    }
+
+    /// Where grain `g` lives, and for how many grains from `g` the answer is the same without
+    /// looking further (a whole missing grain table answers at once; otherwise 1).
+    fn lookup_span(&self, g: u64) -> Result<(GrainLoc, u64)> {
         let Some(table) = self.table(g / self.gtes)? else {
-            return Ok(GrainLoc::Unallocated);
+            return Ok((GrainLoc::Unallocated, self.gtes - g % self.gtes));
         };
+        if self.any_bad.load(Ordering::Acquire) && self.bad_entries().grain(g, self.gtes) {
+            return Err(corrupt(
+                format!(
+                    "grain {g} points past the end of the file or onto other structures or grains; \
+                     it cannot be read (check -r all drops it)"
+                ),
+                0,
+            ));
+        }
         let e = table
             .get(usize::try_from(g % self.gtes).unwrap_or(usize::MAX))
             .copied()
             .unwrap_or(0);
+        Ok((self.decode(g, e)?, 1))
+    }
+
+    /// What grain table entry `e` of grain `g` means.
+    fn decode(&self, g: u64, e: u64) -> Result<GrainLoc> {
         let sector_to_byte = |s: u64| {
             s.checked_mul(SECTOR)
                 .ok_or_else(|| corrupt(format!("grain {g}: entry {s:#x} overflows"), 0))
@@ -281,15 +342,16 @@ impl SparseExtent {
         let max = max.min(self.capacity - lba);
         let g = lba / self.grain;
         let within = lba % self.grain;
-        let first = self.lookup(g)?;
+        let (first, span) = self.lookup_span(g)?;
         let first = match first {
             GrainLoc::Data(o) => GrainLoc::Data(o + within * SECTOR),
             other => other,
         };
-        let mut n = (self.grain - within).min(max);
-        let mut next = g + 1;
+        // Grain tables are walked, not sectors: a missing table answers for all its grains.
+        let mut n = (span * self.grain - within).min(max);
+        let mut next = g + span;
         while n < max {
-            let loc = self.lookup(next)?;
+            let (loc, span) = self.lookup_span(next)?;
             let same = match (first, loc) {
                 (GrainLoc::Data(o), GrainLoc::Data(p)) => p == o + n * SECTOR,
                 (GrainLoc::Unallocated, GrainLoc::Unallocated) | (GrainLoc::Zero, GrainLoc::Zero) => true,
@@ -298,8 +360,8 @@ impl SparseExtent {
             if !same {
                 break;
             }
-            n = (n + self.grain).min(max);
-            next += 1;
+            n = n.saturating_add(span * self.grain).min(max);
+            next += span;
         }
         Ok((first, n))
     }
@@ -451,7 +513,9 @@ impl SparseExtent {
                 continue;
             }
             let gb = self.grain_bytes() as usize;
-            let off = alloc.next_free;
+            let off = alloc
+                .space
+                .allocate(self.grain_bytes(), SECTOR, SpaceKind::Data, MAX_FILE_BYTES)?;
             if n == self.grain {
                 self.storage
                     .write_at(piece, off)
@@ -471,8 +535,7 @@ impl SparseExtent {
                     .write_at(&full, off)
                     .io_context("writing a new grain", off)?;
             }
-            alloc.next_free = off + gb as u64;
-            self.file_len.fetch_max(alloc.next_free, Ordering::AcqRel);
+            self.file_len.fetch_max(off + gb as u64, Ordering::AcqRel);
             updates.push((g, off));
         }
         if updates.is_empty() {
@@ -514,22 +577,26 @@ impl SparseExtent {
             let mut table = vec![0u8; self.gt_bytes() as usize];
             let p = (in_table * 4) as usize;
             table[p..p + 4].copy_from_slice(&entry.to_le_bytes());
-            let primary = alloc.next_free;
+            let span = self.gt_bytes().div_ceil(SECTOR) * SECTOR;
+            let primary = alloc
+                .space
+                .allocate(span, SECTOR, SpaceKind::GrainTable, MAX_FILE_BYTES)?;
             self.storage
                 .write_at(&table, primary)
                 .io_context("writing a grain table", primary)?;
-            alloc.next_free += self.gt_bytes().div_ceil(SECTOR) * SECTOR;
-            let redundant = if rgd_entry.is_some() {
-                let r = alloc.next_free;
+            let redundant_sound = rgd_entry.is_some() && !self.bad_entries().redundant_dir;
+            let redundant = if redundant_sound {
+                let r = alloc
+                    .space
+                    .allocate(span, SECTOR, SpaceKind::GrainTable, MAX_FILE_BYTES)?;
                 self.storage
                     .write_at(&table, r)
                     .io_context("writing a grain table", r)?;
-                alloc.next_free += self.gt_bytes().div_ceil(SECTOR) * SECTOR;
                 Some(r)
             } else {
                 None
             };
-            self.file_len.fetch_max(alloc.next_free, Ordering::AcqRel);
+            self.file_len.fetch_max(alloc.space.file_len(), Ordering::AcqRel);
             self.storage.flush().io_context("flushing grain tables", primary)?;
             let p_sector = u32::try_from(primary / SECTOR).map_err(|_| Error::unsupported("extent too large"))?;
             let o = self.gd_offset + gd_index * 4;
@@ -550,9 +617,14 @@ impl SparseExtent {
             }
         } else {
             gt_offsets.push(gd_entry * SECTOR);
-            if let Some(r) = rgd_entry.filter(|&r| r != 0) {
+            // A redundant table found unusable on open is never written through.
+            let bad = self.bad_entries();
+            if let Some(r) =
+                rgd_entry.filter(|&r| r != 0 && !bad.redundant_dir && !bad.redundant_tables.contains(&gd_index))
+            {
                 gt_offsets.push(r * SECTOR);
             }
+            drop(bad);
             for base in gt_offsets {
                 let o = base + in_table * 4;
                 if let Err(e) = self.storage.write_at(&entry.to_le_bytes(), o) {
@@ -575,13 +647,18 @@ impl SparseExtent {
     /// fall through (`Unallocated`), without writing data.
     pub fn unmap_grains(&self, g: u64, n: u64, zero: bool) -> Result<()> {
         let mut alloc = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
-        for i in g..g + n {
-            let loc = self.lookup(i)?;
+        let end = g.saturating_add(n);
+        let mut i = g;
+        while i < end {
+            let (loc, span) = self.lookup_span(i)?;
             let want = if zero { GrainLoc::Zero } else { GrainLoc::Unallocated };
             if loc == want || (loc == GrainLoc::Unallocated && !zero) {
+                // A missing table is skipped whole when nothing needs writing.
+                i = i.saturating_add(span.max(1));
                 continue;
             }
             self.set_entry(&mut alloc, i, u64::from(zero))?;
+            i += 1;
         }
         Ok(())
     }
@@ -589,55 +666,6 @@ impl SparseExtent {
     /// Whether GTE 1 means zeroed grain here.
     pub fn has_zero_gte(&self) -> bool {
         matches!(self.flavor, Flavor::Kdmv { zero_gte: true, .. })
-    }
-
-    /// Check tables: entries past the end of file, grains used twice, GD vs redundant GD.
-    pub fn check(&self, errors: &mut disk_core::Findings, name: &str) -> Result<u64> {
-        let gd = self.gd.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let grains = self.capacity.div_ceil(self.grain);
-        let mut seen = std::collections::HashSet::new();
-        let mut allocated = 0u64;
-        for g in 0..grains {
-            match self.lookup(g) {
-                Ok(GrainLoc::Data(o) | GrainLoc::Compressed(o)) => {
-                    allocated += 1;
-                    if o >= self.file_len() {
-                        errors.push(format!("{name}: grain {g} points past the end of the file ({o:#x})"));
-                    } else if !seen.insert(o) {
-                        errors.push(format!("{name}: grain {g} at {o:#x} is used by another grain too"));
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => errors.push(format!("{name}: grain {g}: {e}")),
-            }
-        }
-        if let Some((rgd, _)) = &*self.rgd.read().unwrap_or_else(|e| e.into_inner()) {
-            for (i, (a, b)) in gd.iter().zip(rgd).enumerate() {
-                if (*a == 0) != (*b == 0) {
-                    errors.push(format!(
-                        "{name}: grain directory entry {i} ({a:#x}) and its redundant copy ({b:#x}) disagree"
-                    ));
-                } else if *a != 0 {
-                    let primary = self.read_raw_table(*a)?;
-                    let backup = self.read_raw_table(*b)?;
-                    if primary != backup {
-                        errors.push(format!("{name}: grain table {i} differs from its redundant copy"));
-                    }
-                }
-            }
-        }
-        Ok(allocated)
-    }
-
-    fn read_raw_table(&self, entry: u64) -> Result<Vec<u8>> {
-        let Some(off) = self.gt_offset(entry)? else {
-            return Ok(Vec::new());
-        };
-        let mut raw = vec![0u8; self.gt_bytes() as usize];
-        self.storage
-            .read_at(&mut raw, off)
-            .io_context("reading a grain table", off)?;
-        Ok(raw)
     }
 }
 
@@ -682,12 +710,18 @@ pub(crate) fn read_directory(
 
 /// Largest grain accepted, in sectors (16 MiB; VMware writes 64 KiB, mkimg 8 KiB).
 const MAX_GRAIN_SECTORS: u64 = 1 << 15;
+/// Smallest hosted sparse (KDMV) grain accepted, in sectors: VMware's specification requires a
+/// power of two of at least 8 sectors (4 KiB); VMware and QEMU write 128. Smaller grains only
+/// multiply the work of every table walk.
+pub(crate) const MIN_KDMV_GRAIN_SECTORS: u64 = 8;
+/// The largest file a 32-bit grain table entry (a sector number) can address.
+pub(crate) const MAX_FILE_BYTES: u64 = (u32::MAX as u64) * SECTOR;
 /// Most entries per grain table accepted (VMware writes 512, COWD and seSparse 4096).
 const MAX_GTES: u64 = 1 << 16;
 
 /// Validate grain and grain table sizes and the capacity; returns the grain directory length.
 pub(crate) fn check_layout(capacity: u64, grain: u64, gtes: u64, what: &str) -> Result<u64> {
-    if grain == 0 || grain > MAX_GRAIN_SECTORS || gtes == 0 || gtes > MAX_GTES {
+    if grain == 0 || !grain.is_power_of_two() || grain > MAX_GRAIN_SECTORS || gtes == 0 || gtes > MAX_GTES {
         return Err(Error::corrupt(format!(
             "{what}: grain size {grain} or {gtes} entries per grain table is invalid"
         )));
