@@ -61,10 +61,23 @@ impl FileCreator for SiblingFiles {
             )));
         }
         let path = self.dir.join(name);
-        let storage = FileStorage::create(&path, true).map_err(|e| Error::io(e, "creating file").with_file(&path))?;
+        let storage = create_fresh(&path).map_err(|e| Error::io(e, "creating file").with_file(&path))?;
         self.created.lock().unwrap_or_else(|e| e.into_inner()).push(path);
         Ok(Arc::new(storage))
     }
+}
+
+/// Create a new, empty file at `path`, replacing whatever name was there (a stale temporary file,
+/// an old extent) without writing through it: a symbolic link or hard link left at that name
+/// (say, by another user of a shared directory) is unlinked, never followed, and the new file is
+/// created exclusively, so a link raced in between makes the create fail instead.
+fn create_fresh(path: &Path) -> std::io::Result<FileStorage> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    FileStorage::create(path, false)
 }
 
 /// The directory holding `path` (`.` for a bare file name).
@@ -130,7 +143,7 @@ pub fn create(path: impl AsRef<Path>, options: &CreateOptions) -> Result<()> {
         created: Default::default(),
     };
     let result = (|| {
-        let storage = FileStorage::create(&temp, true).map_err(|e| Error::io(e, "creating image").with_file(&temp))?;
+        let storage = create_fresh(&temp).map_err(|e| Error::io(e, "creating image").with_file(&temp))?;
         let spec = CreateSpec {
             size,
             options: options.options.clone(),
