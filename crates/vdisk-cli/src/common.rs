@@ -115,15 +115,25 @@ impl Ctx {
         writable: bool,
         missing: MissingParent,
     ) -> Result<Image, Failure> {
-        let options = OpenOptions {
+        self.open_with(path, &self.open_options(format, writable, missing))
+    }
+
+    /// The options [`Ctx::open`] uses, for commands that need more (e.g. `check -r` sets
+    /// [`OpenOptions::repair`]).
+    pub fn open_options(&self, format: Option<Format>, writable: bool, missing: MissingParent) -> OpenOptions {
+        OpenOptions {
             writable,
             format,
             resolver: self.resolver.clone(),
             missing_parent: missing,
             ..OpenOptions::default()
-        };
-        vdisk::open(path, &options).map_err(|e| {
-            // An error about another file (a parent, an extent) still names the image asked for.
+        }
+    }
+
+    /// Open the image at `path` with `options`; an error about another file (a parent, an
+    /// extent) still names the image asked for.
+    pub fn open_with(&self, path: &Path, options: &OpenOptions) -> Result<Image, Failure> {
+        vdisk::open(path, options).map_err(|e| {
             let about_other = e
                 .context()
                 .file
