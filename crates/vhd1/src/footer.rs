@@ -1,5 +1,7 @@
 //! Finding, validating and building the hard disk footer.
 
+#![deny(clippy::arithmetic_side_effects)]
+
 use crate::format::{
     DiskType, FEATURE_RESERVED, FIXED_DATA_OFFSET, FOOTER_CHECKSUM_RANGE, FOOTER_COOKIE, FOOTER_SIZE, Footer,
     HOST_OS_WINDOWS, MAX_DISK_SIZE, SECTOR_SIZE, VERSION_1_0, VHD_EPOCH_UNIX, checksum,
@@ -74,12 +76,12 @@ pub fn find(storage: &dyn Storage, file_len: u64, lenient: bool) -> Result<Found
     }
     // Virtual PC before 2004 wrote a 511-byte footer at the end of fixed disks.
     let end = if file_len >= FOOTER_SIZE {
-        match read_candidate(storage, file_len - FOOTER_SIZE, FOOTER_SIZE)? {
+        match read_candidate(storage, file_len.saturating_sub(FOOTER_SIZE), FOOTER_SIZE)? {
             Some(c) => Some(c),
-            None => read_candidate(storage, file_len - 511, 511)?,
+            None => read_candidate(storage, file_len.saturating_sub(511), 511)?,
         }
     } else {
-        read_candidate(storage, file_len - 511, 511)?
+        read_candidate(storage, file_len.saturating_sub(511), 511)?
     };
     let start = if file_len >= FOOTER_SIZE {
         read_candidate(storage, 0, FOOTER_SIZE)?
@@ -173,9 +175,10 @@ pub fn uses_chs(footer: &Footer) -> bool {
 /// whole sectors, at most [`MAX_DISK_SIZE`].
 pub fn virtual_size(footer: &Footer) -> Result<u64> {
     let bytes = if uses_chs(footer) {
-        geometry(footer).total_sectors() * SECTOR_SIZE
+        geometry(footer).total_sectors().saturating_mul(SECTOR_SIZE)
     } else {
-        footer.current_size.get() / SECTOR_SIZE * SECTOR_SIZE
+        let size = footer.current_size.get();
+        size.saturating_sub(size % SECTOR_SIZE)
     };
     if bytes > MAX_DISK_SIZE {
         return Err(

@@ -1,5 +1,7 @@
 //! The dynamic disk header and the Block Allocation Table, validated against the file size.
 
+#![deny(clippy::arithmetic_side_effects)]
+
 use crate::format::{
     BAT_FREE, DynamicHeader, HEADER_CHECKSUM_RANGE, HEADER_COOKIE, HEADER_SIZE, SECTOR_SIZE, bitmap_size, checksum,
 };
@@ -36,12 +38,15 @@ impl Sparse {
 
     /// Bytes a block occupies in the file: bitmap plus data.
     pub fn block_footprint(&self) -> u64 {
-        self.bitmap_size + u64::from(self.block_size)
+        self.bitmap_size.saturating_add(u64::from(self.block_size))
     }
 
     /// Bytes the BAT occupies, rounded up to whole sectors.
     pub fn bat_bytes(&self) -> u64 {
-        (u64::from(self.header.max_table_entries.get()) * 4).div_ceil(SECTOR_SIZE) * SECTOR_SIZE
+        // At most 2^32 entries of 4 bytes: no overflow in 64 bits.
+        (u64::from(self.header.max_table_entries.get()).saturating_mul(4))
+            .div_ceil(SECTOR_SIZE)
+            .saturating_mul(SECTOR_SIZE)
     }
 }
 
@@ -82,7 +87,7 @@ pub fn read(storage: &dyn Storage, offset: u64, file_len: u64, virtual_size: u64
         )));
     }
     let table_offset = header.table_offset.get();
-    let table_end = table_offset.checked_add(needed * 4);
+    let table_end = needed.checked_mul(4).and_then(|len| table_offset.checked_add(len));
     if table_end.is_none_or(|end| end > file_len) {
         return Err(Error::corrupt(format!(
             "BAT of {needed} entries at {table_offset:#x} lies past the end of the file ({file_len} bytes)"
@@ -103,7 +108,7 @@ pub fn read(storage: &dyn Storage, offset: u64, file_len: u64, virtual_size: u64
 
 /// Read the BAT entries the disk uses (already bounded by the file size in [`read`]).
 pub fn read_bat(storage: &dyn Storage, sparse: &Sparse) -> Result<Vec<u32>> {
-    let mut raw = vec![0u8; sparse.blocks as usize * 4];
+    let mut raw = vec![0u8; (sparse.blocks as usize).saturating_mul(4)];
     storage
         .read_at(&mut raw, sparse.table_offset)
         .io_context("reading the BAT", sparse.table_offset)?;

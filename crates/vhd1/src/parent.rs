@@ -1,5 +1,7 @@
 //! Parent locators and the parent's name: how a differencing disk records its parent.
 
+#![deny(clippy::arithmetic_side_effects)]
+
 use crate::format::{
     DynamicHeader, PLATFORM_MACX, PLATFORM_W2KU, PLATFORM_W2RU, PLATFORM_WI2K, PLATFORM_WI2R, ParentLocatorEntry,
 };

@@ -5,6 +5,8 @@
 //! is *unusable*: reading it fails, writing never goes through it, a writable open is refused
 //! (unless the caller asked for repair) and `check -r all` frees it.
 
+#![deny(clippy::arithmetic_side_effects)]
+
 use crate::format::{BAT_FREE, FOOTER_COOKIE, FOOTER_SIZE, HEADER_SIZE, SECTOR_SIZE};
 use crate::header::Sparse;
 use crate::layer::block_used_bytes;
@@ -23,21 +25,21 @@ pub(crate) struct Audit {
 
 /// Where a block's bytes lie in the file: bitmap, then the data inside the virtual disk.
 pub(crate) fn block_range(layout: &Sparse, index: u32, entry: u32, virtual_size: u64) -> (u64, u64) {
-    let start = u64::from(entry) * SECTOR_SIZE;
-    (
-        start,
-        layout.bitmap_size + block_used_bytes(layout, index, virtual_size),
-    )
+    // Entries are 32-bit sector numbers and block sizes are capped: neither sum overflows.
+    let start = u64::from(entry).saturating_mul(SECTOR_SIZE);
+    let len = layout
+        .bitmap_size
+        .saturating_add(block_used_bytes(layout, index, virtual_size));
+    (start, len)
 }
 
 /// Whether the file ends with a footer (its last 512 bytes start with the cookie): blocks must
 /// then end before it.
 fn ends_with_footer(storage: &dyn Storage, file_len: u64) -> Result<bool> {
-    if file_len < 2 * FOOTER_SIZE {
+    let Some(at) = file_len.checked_sub(FOOTER_SIZE).filter(|&at| at >= FOOTER_SIZE) else {
         return Ok(false);
-    }
+    };
     let mut cookie = [0u8; 8];
-    let at = file_len - FOOTER_SIZE;
     storage
         .read_at(&mut cookie, at)
         .io_context("reading the footer at the end", at)?;
@@ -55,7 +57,7 @@ pub(crate) fn audit(
     file_len: u64,
 ) -> Result<Audit> {
     let data_end = if ends_with_footer(storage, file_len)? {
-        file_len - FOOTER_SIZE
+        file_len.saturating_sub(FOOTER_SIZE)
     } else {
         file_len
     };
