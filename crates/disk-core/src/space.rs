@@ -11,6 +11,8 @@
 //! and lie inside the file, adjacent ranges of the same kind are merged, and at most
 //! [`MAX_CONFLICT_DETAILS`] conflicts are kept in detail (the rest are only counted).
 
+#![deny(clippy::arithmetic_side_effects)]
+
 use crate::error::{Error, ErrorKind};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -214,13 +216,13 @@ impl SpaceMap {
         {
             return Some(SpaceRange {
                 start: s,
-                len: e - s,
+                len: e.saturating_sub(s),
                 kind,
             });
         }
         self.ranges.range(start..end).next().map(|(&s, &(e, kind))| SpaceRange {
             start: s,
-            len: e - s,
+            len: e.saturating_sub(s),
             kind,
         })
     }
@@ -230,7 +232,7 @@ impl SpaceMap {
     pub fn claim(&mut self, start: u64, len: u64, kind: SpaceKind) -> Result<(), Conflict> {
         self.check(start, len, kind)?;
         if len > 0 {
-            self.insert(start, start + len, kind);
+            self.insert(start, start.saturating_add(len), kind);
         }
         Ok(())
     }
@@ -355,8 +357,8 @@ impl SpaceMap {
                     format!("allocating {len:#x} bytes after {base:#x} would pass the file size limit {limit:#x}"),
                 )
             })?;
-        self.file_len = start + len;
-        self.insert(start, start + len, kind);
+        self.file_len = start.saturating_add(len);
+        self.insert(start, start.saturating_add(len), kind);
         Ok(start)
     }
 
@@ -364,7 +366,7 @@ impl SpaceMap {
     pub fn ranges(&self) -> impl Iterator<Item = SpaceRange> + '_ {
         self.ranges.iter().map(|(&s, &(e, kind))| SpaceRange {
             start: s,
-            len: e - s,
+            len: e.saturating_sub(s),
             kind,
         })
     }
@@ -381,14 +383,14 @@ impl SpaceMap {
                 }
                 match iter.next() {
                     Some((&s, &(e, _))) => {
-                        let gap = (s > pos).then_some((pos, s.min(to) - pos));
+                        let gap = (s > pos).then_some((pos, s.min(to).saturating_sub(pos)));
                         pos = pos.max(e);
                         if gap.is_some() {
                             return gap;
                         }
                     }
                     None => {
-                        let gap = (pos, to - pos);
+                        let gap = (pos, to.saturating_sub(pos));
                         pos = to;
                         return Some(gap);
                     }
