@@ -44,8 +44,12 @@ pub fn run(ctx: &Ctx, args: &CheckArgs) -> CmdResult {
         Some(RepairArg::Leaks) => Repair::Leaks,
         Some(RepairArg::All) => Repair::All,
     };
-    // Only the named image's metadata is checked, so a missing parent does not matter.
-    let image = ctx.open(&args.file, format, repair != Repair::None, MissingParent::Placeholder)?;
+    // Only the named image's metadata is checked, so a missing parent does not matter. With -r
+    // the image opens writable in repair mode: entries the space map found unusable are never
+    // written through, and the engine's check drops them.
+    let mut options = ctx.open_options(format, repair != Repair::None, MissingParent::Placeholder);
+    options.repair = repair != Repair::None;
+    let image = ctx.open_with(&args.file, &options)?;
     let format = image.top().format();
     let report = image.top().check(repair).map_err(|e| in_file(&args.file, e))?;
     let text = match args.output {

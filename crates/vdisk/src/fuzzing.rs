@@ -333,8 +333,16 @@ const MAX_OPS: usize = 256;
 /// New images the ops targets start from, by format: `(-o options, virtual size)`.
 fn fresh_variants(format: Format) -> &'static [(&'static str, u64)] {
     match format {
-        Format::Vhd => &[("subformat=dynamic", 6 << 20), ("subformat=fixed", 3 << 20), ("block_size=512K", 5 << 20)],
-        Format::Vhdx => &[("", 6 << 20), ("block_size=1M,log_size=1M", 5 << 20), ("subformat=fixed", 3 << 20)],
+        Format::Vhd => &[
+            ("subformat=dynamic", 6 << 20),
+            ("subformat=fixed", 3 << 20),
+            ("block_size=512K", 5 << 20),
+        ],
+        Format::Vhdx => &[
+            ("", 6 << 20),
+            ("block_size=1M,log_size=1M", 5 << 20),
+            ("subformat=fixed", 3 << 20),
+        ],
         Format::Vmdk => &[
             ("", 6 << 20),
             ("subformat=monolithicFlat", 3 << 20),
@@ -379,7 +387,10 @@ fn ops(format: Format, data: &[u8]) {
     }
     let storage: Arc<dyn Storage> = Arc::new(storage);
     let name = Some(std::path::Path::new("fuzz-image"));
-    let options = OpenOptions::new().writable(true).format(Some(format)).resolver(files.clone());
+    let options = OpenOptions::new()
+        .writable(true)
+        .format(Some(format))
+        .resolver(files.clone());
     let open = || open_storage(storage.clone(), name, &options);
     let mut image = match open() {
         Ok(image) => image,
@@ -407,7 +418,11 @@ fn ops(format: Format, data: &[u8]) {
                 let ok = must(image.write(lba, &vec![pattern; (count * ss) as usize]), "write");
                 (lba, count, ok.then_some(pattern))
             }
-            Op::Zeroes { lba, count } => (lba, count, must(image.write_zeroes(lba, count), "write_zeroes").then_some(0)),
+            Op::Zeroes { lba, count } => (
+                lba,
+                count,
+                must(image.write_zeroes(lba, count), "write_zeroes").then_some(0),
+            ),
             Op::Discard { lba, count } => (lba, count, must(image.discard(lba, count), "discard").then_some(0)),
             Op::Flush => {
                 must(image.flush(), "flush");
@@ -446,7 +461,11 @@ fn ops(format: Format, data: &[u8]) {
         return;
     }
     drop(image);
-    let image = match open_storage(storage.clone(), name, &OpenOptions::new().format(Some(format)).resolver(files)) {
+    let image = match open_storage(
+        storage.clone(),
+        name,
+        &OpenOptions::new().format(Some(format)).resolver(files),
+    ) {
         Ok(image) => image,
         Err(e) => panic!("a {format} image that accepted writes and a flush no longer opens: {e}"),
     };
@@ -454,7 +473,11 @@ fn ops(format: Format, data: &[u8]) {
     verify(&image, &model, ss);
     if !own_image {
         let report = image.top().check(Repair::None).expect("check of a new image");
-        assert_eq!(report.corruptions.count(), 0, "{format}: check after writes: {report:?}");
+        assert_eq!(
+            report.corruptions.count(),
+            0,
+            "{format}: check after writes: {report:?}"
+        );
     }
 }
 
@@ -463,7 +486,10 @@ fn verify(image: &Image, model: &BTreeMap<u64, u8>, ss: u64) {
     let mut buf = vec![0u8; ss as usize];
     for (&lba, &pattern) in model {
         image.read(lba, &mut buf).expect("reading an acknowledged write back");
-        assert!(buf.iter().all(|&b| b == pattern), "sector {lba} lost its acknowledged write");
+        assert!(
+            buf.iter().all(|&b| b == pattern),
+            "sector {lba} lost its acknowledged write"
+        );
     }
 }
 

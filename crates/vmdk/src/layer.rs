@@ -246,18 +246,16 @@ fn write_zero_sectors(s: &SparseExtent, from: u64, to: u64, global: u64, below: 
     Ok(())
 }
 
-/// Whether `below` reads as zeros over `[lba, lba + count)` (past its end it does).
-fn below_reads_zeros(below: &dyn Disk, lba: u64, count: u64) -> Result<bool> {
+/// Whether `below` reads as zeros from `lba` (past its end it does), and for how many sectors
+/// (at least 1, at most `count`) that stays so.
+fn below_zero_run(below: &dyn Disk, lba: u64, count: u64) -> Result<(bool, u64)> {
     let end = below.sector_count();
-    let mut at = lba;
-    while at < lba.saturating_add(count).min(end) {
-        let st = below.block_status(at, lba + count - at)?;
-        if !matches!(st.allocation, Allocation::Zero | Allocation::Unallocated) {
-            return Ok(false);
-        }
-        at += st.sectors.max(1);
+    if lba >= end {
+        return Ok((true, count));
     }
-    Ok(true)
+    let st = below.block_status(lba, count.min(end - lba))?;
+    let zero = matches!(st.allocation, Allocation::Zero | Allocation::Unallocated);
+    Ok((zero, st.sectors.clamp(1, count)))
 }
 
 /// Write `desc` back where it came from.
@@ -416,16 +414,21 @@ impl Layer for VmdkLayer {
                     while at < local + n {
                         let (loc, run) = s.run(at, local + n - at)?;
                         let run = run.clamp(1, local + n - at);
-                        let needed = match loc {
-                            GrainLoc::Data(_) | GrainLoc::Compressed(_) => true,
-                            GrainLoc::Zero => false,
+                        match loc {
+                            GrainLoc::Data(_) | GrainLoc::Compressed(_) => zeros_in(at, at + run)?,
+                            GrainLoc::Zero => {}
                             // Only where the parent would show something other than zeros.
-                            GrainLoc::Unallocated => {
-                                !standalone && !below_reads_zeros(below, lba + done + (at - local), run)?
+                            GrainLoc::Unallocated if !standalone => {
+                                let mut p = at;
+                                while p < at + run {
+                                    let (zero, k) = below_zero_run(below, lba + done + (p - local), at + run - p)?;
+                                    if !zero {
+                                        zeros_in(p, p + k)?;
+                                    }
+                                    p += k;
+                                }
                             }
-                        };
-                        if needed {
-                            zeros_in(at, at + run)?;
+                            GrainLoc::Unallocated => {}
                         }
                         at += run;
                     }
