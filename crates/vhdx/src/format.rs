@@ -3,6 +3,8 @@
 //! Only definitions: little-endian zerocopy structs, size-asserted, plus constants and the
 //! well-known GUIDs. No I/O and no policy; the engine validates every field it uses.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use disk_core::guid::MsGuid;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};

@@ -1,6 +1,8 @@
 //! Block arithmetic: payload blocks, sector bitmap blocks, chunk ratio and BAT indexes.
 
-use crate::format::{MIB, SECTORS_PER_BITMAP_BLOCK};
+#![warn(clippy::arithmetic_side_effects)]
+
+use crate::format::{MAX_VIRTUAL_SIZE, MIB, SECTORS_PER_BITMAP_BLOCK};
 use disk_core::{Error, Result};
 
 /// The shape of a VHDX's BAT, derived from its metadata.
@@ -26,14 +28,23 @@ pub(crate) struct Geometry {
     pub has_parent: bool,
 }
 
+// Every value is bounded by `new`'s checks (block size a power of two from 1 MiB, sector size
+// 512 or 4096, virtual size at most 64 TiB: at most 2^26 blocks, chunk ratio from 16 to 2^15),
+// and block and chunk numbers passed in come from in-range sectors, so nothing overflows.
+#[allow(clippy::arithmetic_side_effects)]
 impl Geometry {
-    /// Compute the geometry; sizes must already be validated (block size power of two in
-    /// 1..=256 MiB, sector size 512 or 4096, virtual size at most 64 TiB).
+    /// Compute the geometry; refuses a block size that is not a power of two of at least 1 MiB
+    /// (the format's upper limit, 256 MiB, is checked by the parser), a sector size other than
+    /// 512 or 4096, and a virtual size over 64 TiB.
     pub fn new(block_size: u32, sector_size: u32, virtual_size: u64, has_parent: bool) -> Result<Self> {
         let block_size = u64::from(block_size);
         let sector_size = u64::from(sector_size);
-        if block_size < MIB || !block_size.is_power_of_two() || !(sector_size == 512 || sector_size == 4096) {
-            return Err(Error::invalid_argument("bad block or sector size"));
+        if block_size < MIB
+            || !block_size.is_power_of_two()
+            || !(sector_size == 512 || sector_size == 4096)
+            || virtual_size > MAX_VIRTUAL_SIZE
+        {
+            return Err(Error::invalid_argument("bad block size, sector size or virtual size"));
         }
         let chunk_ratio = SECTORS_PER_BITMAP_BLOCK * sector_size / block_size;
         let data_blocks = virtual_size.div_ceil(block_size);

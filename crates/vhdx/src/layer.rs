@@ -1,5 +1,6 @@
 //! An open VHDX: validation on open, log replay, and the read path.
 
+use crate::bat;
 use crate::format::*;
 use crate::geometry::Geometry;
 use crate::log::{self, Overlay};
@@ -7,8 +8,8 @@ use crate::parse::{self, Headers, Metadata, Regions};
 use disk_core::guid::MsGuid;
 use disk_core::mapping::{Mapping, Run, read_mapped};
 use disk_core::{
-    Allocation, BlockStatus, CheckReport, Disk, Error, ErrorKind, Format, IoResultExt, Layer, LayerInfo, OpenContext,
-    ParentRef, Repair, Result, Storage,
+    Allocation, BlockStatus, CheckReport, Disk, Error, ErrorKind, Findings, Format, IoResultExt, Layer, LayerInfo,
+    OpenContext, ParentRef, Repair, Result, SpaceMap, Storage,
 };
 use std::any::Any;
 use std::collections::HashMap;
@@ -45,8 +46,10 @@ pub(crate) struct WriteState {
     pub log_seq: u64,
     /// Log offset for the next entry.
     pub log_pos: u64,
-    /// Current file length (everything below is allocated).
-    pub file_end: u64,
+    /// What the file holds where: new blocks are allocated from it.
+    pub space: SpaceMap,
+    /// Problems found on open (unusable BAT entries, overlapping structures), for `check`.
+    pub problems: Findings,
     /// Payload block areas released by discard in this session (zeroed), for reuse.
     pub free: Vec<u64>,
 }
@@ -63,8 +66,6 @@ pub struct VhdxLayer {
     pub(crate) regions: Regions,
     pub(crate) creator: String,
     pub(crate) headers_valid: [bool; 2],
-    /// BAT entries a lenient open found invalid (their reads fail).
-    pub(crate) bat_problems: Vec<String>,
     pub(crate) log_state: LogState,
     /// The whole BAT.
     pub(crate) bat: RwLock<Vec<u64>>,
@@ -117,6 +118,15 @@ fn parent_ref(loc: &parse::ParentLocator) -> ParentRef {
     }
 }
 
+/// The parent DataWriteGuids a locator records (`parent_linkage`, `parent_linkage2`), those
+/// that parse.
+fn linkages(loc: &parse::ParentLocator) -> Vec<Uuid> {
+    ["parent_linkage", "parent_linkage2"]
+        .iter()
+        .filter_map(|k| loc.get(k).and_then(parse_linkage))
+        .collect()
+}
+
 /// Parse a `{xxxxxxxx-...}` linkage GUID.
 pub(crate) fn parse_linkage(text: &str) -> Option<Uuid> {
     text.trim().trim_start_matches('{').trim_end_matches('}').parse().ok()
@@ -124,45 +134,32 @@ pub(crate) fn parse_linkage(text: &str) -> Option<Uuid> {
 
 impl VhdxLayer {
     /// Open the VHDX in `storage`. A dirty log is replayed: into the file when `ctx.writable`,
-    /// into memory otherwise.
+    /// into memory otherwise. Every structure and stored block is recorded in a space map; blocks
+    /// that lie outside the file or on other structures are unusable (their reads fail), and a
+    /// writable open of such an image is refused with [`ErrorKind::Corrupt`] unless
+    /// `ctx.repair` is set (then they are never written through, and `check` can drop them).
     pub fn open(storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Result<Self> {
         let file_len = storage.len().io_context("reading the file size", 0)?;
         let creator = parse::read_creator(&*storage, file_len)?;
         let Headers { current, slot, valid } = parse::read_headers(&*storage, file_len)?;
-        let replay = log::find_active(
-            &*storage,
-            file_len,
-            current.log_offset.get(),
-            u64::from(current.log_length.get()),
-            current.log_guid,
-        )?;
-        let mut log_state = LogState::Clean;
-        let io: Arc<dyn Storage> = match replay {
-            Some(r) if ctx.writable => {
-                log_state = LogState::Replayed(r.entries);
-                log::apply(&*storage, &r).io_context("replaying the log", current.log_offset.get())?;
-                storage.flush().io_context("flushing the replayed log", 0)?;
-                storage.clone()
-            }
-            Some(r) => {
-                log_state = LogState::ReplayedInMemory(r.entries);
-                Arc::new(Overlay::new(storage.clone(), r).io_context("reading the file size", 0)?)
-            }
+        let log_area = (current.log_offset.get(), u64::from(current.log_length.get()));
+        let replay = log::find_active(&*storage, file_len, log_area.0, log_area.1, current.log_guid)?;
+        // Everything is parsed through the log's changes laid over the file in memory; a writable
+        // open applies them to the file only once the image they describe has been checked.
+        let view: Arc<dyn Storage> = match &replay {
+            Some(r) => Arc::new(Overlay::new(storage.clone(), r.clone()).io_context("reading the file size", 0)?),
             None => storage.clone(),
         };
-        let io_len = io.len().io_context("reading the file size", 0)?;
-        let regions = parse::read_regions(&*io, io_len)?;
-        if ctx.writable && regions.valid == [true, true] {
-            sync_region_tables(&*storage)?;
-        }
-        let meta = parse::read_metadata(&*io, io_len, regions.metadata)?;
+        let view_len = view.len().io_context("reading the file size", 0)?;
+        let regions = parse::read_regions(&*view, view_len)?;
+        let meta = parse::read_metadata(&*view, view_len, regions.metadata)?;
         let geo = Geometry::new(
             meta.block_size,
             meta.logical_sector_size,
             meta.virtual_size,
             meta.has_parent,
         )?;
-        let bat_bytes = geo.total_entries * 8;
+        let bat_bytes = geo.total_entries.saturating_mul(8);
         if bat_bytes > regions.bat.length {
             return Err(Error::corrupt(format!(
                 "BAT region of {} bytes cannot hold {} entries",
@@ -174,20 +171,31 @@ impl VhdxLayer {
         if bat_bytes > MAX_BAT_BYTES {
             return Err(Error::unsupported("BAT too large").in_structure("BAT"));
         }
-        let raw = parse::read_bounded(&*io, io_len, regions.bat.offset, bat_bytes, "BAT")?;
-        let mut bat: Vec<u64> = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect();
-        let problems = validate_bat(&bat, &geo, &meta, io_len, regions.bat.offset);
-        let mut bat_problems = Vec::new();
-        for (i, e) in problems {
-            if !ctx.lenient {
-                return Err(e);
+        let mut bat = bat::read_bat(&*view, view_len, regions.bat.offset, geo.total_entries)?;
+        let mut survey = bat::survey(&mut bat, &geo, &meta, &regions, log_area, view_len);
+        if ctx.writable && !ctx.repair {
+            survey.refuse_writes()?;
+        }
+        let (io, log_state) = match replay {
+            Some(r) if ctx.writable => {
+                // Grow the file only as far as the structures it holds need.
+                let used = survey
+                    .space
+                    .used_end()
+                    .checked_next_multiple_of(MIB)
+                    .unwrap_or(u64::MAX);
+                log::apply(&*storage, &r, used).io_context("replaying the log", log_area.0)?;
+                storage.flush().io_context("flushing the replayed log", 0)?;
+                survey
+                    .space
+                    .set_file_len(storage.len().io_context("reading the file size", 0)?);
+                (storage.clone(), LogState::Replayed(r.entries))
             }
-            // Lenient: open anyway; the block's reads fail and `check` reports it.
-            bat[i] = INVALID_ENTRY;
-            bat_problems.push(e.to_string());
+            Some(r) => (view, LogState::ReplayedInMemory(r.entries)),
+            None => (storage.clone(), LogState::Clean),
+        };
+        if ctx.writable && regions.valid == [true, true] {
+            sync_region_tables(&*storage)?;
         }
         let parent = meta.parent.as_ref().map(parent_ref);
         let layer = VhdxLayer {
@@ -198,7 +206,6 @@ impl VhdxLayer {
             regions,
             creator,
             headers_valid: valid,
-            bat_problems,
             log_state,
             bat: RwLock::new(bat),
             bitmaps: RwLock::new(HashMap::new()),
@@ -208,7 +215,8 @@ impl VhdxLayer {
                 session_started: false,
                 log_seq: 1,
                 log_pos: 0,
-                file_end: io_len,
+                space: survey.space,
+                problems: survey.problems,
                 free: Vec::new(),
             }),
             session_started: AtomicBool::new(false),
@@ -347,71 +355,6 @@ fn sync_region_tables(storage: &dyn Storage) -> Result<()> {
     Ok(())
 }
 
-/// State written into the in-memory copy of a BAT entry found invalid by a lenient open: reads
-/// of its block fail (the value is a reserved state, never written to the file).
-pub(crate) const INVALID_ENTRY: u64 = 4;
-
-/// Check every BAT entry's state and that stored blocks lie inside the file; returns the
-/// problems found (entry index and error).
-fn validate_bat(
-    bat: &[u64],
-    g: &Geometry,
-    meta: &Metadata,
-    file_len: u64,
-    bat_offset_in_file: u64,
-) -> Vec<(usize, Error)> {
-    let bad = |i: usize, m: String| {
-        let e = Error::corrupt(format!("BAT entry {i} {m}"))
-            .in_structure("BAT")
-            .at_offset(bat_offset_in_file + 8 * i as u64);
-        (i, e)
-    };
-    let mut problems = Vec::new();
-    for block in 0..g.data_blocks {
-        let i = g.payload_index(block);
-        let e = bat[i];
-        let state = bat_state(e);
-        match state {
-            payload::NOT_PRESENT | payload::UNDEFINED | payload::ZERO | payload::UNMAPPED => {}
-            payload::FULLY_PRESENT | payload::PARTIALLY_PRESENT => {
-                let off = bat_offset(e);
-                let need = g.block_bytes(block);
-                if state == payload::PARTIALLY_PRESENT && !meta.has_parent {
-                    problems.push(bad(i, "is partially present in a disk without a parent".into()));
-                } else if off < HEADER_SECTION_SIZE || off.checked_add(need).is_none_or(|end| end > file_len) {
-                    problems.push(bad(
-                        i,
-                        format!("points past end of file or into the header (offset {off:#x})"),
-                    ));
-                }
-            }
-            s => problems.push(bad(i, format!("has invalid state {s}"))),
-        }
-    }
-    if !meta.has_parent {
-        // Sector bitmap entries mean nothing without a parent.
-        return problems;
-    }
-    for chunk in 0..g.bitmap_blocks {
-        let i = g.bitmap_index(chunk);
-        let e = bat[i];
-        match bat_state(e) {
-            bitmap::NOT_PRESENT => {}
-            bitmap::PRESENT => {
-                let off = bat_offset(e);
-                if off < HEADER_SECTION_SIZE || off.checked_add(MIB).is_none_or(|end| end > file_len) {
-                    problems.push(bad(
-                        i,
-                        format!("(sector bitmap) points past end of file (offset {off:#x})"),
-                    ));
-                }
-            }
-            s => problems.push(bad(i, format!("(sector bitmap) has invalid state {s}"))),
-        }
-    }
-    problems
-}
-
 impl Layer for VhdxLayer {
     fn format(&self) -> Format {
         Format::Vhdx
@@ -488,6 +431,9 @@ impl Layer for VhdxLayer {
     fn set_parent(&self, parent: Option<&disk_core::NewParent<'_>>) -> Result<()> {
         self.set_parent_in_place(parent)
     }
+    fn parent_identity_recorded(&self) -> bool {
+        self.meta.parent.as_ref().is_none_or(|loc| !linkages(loc).is_empty())
+    }
     fn verify_parent(&self, parent: &dyn Layer) -> Result<()> {
         let Some(loc) = &self.meta.parent else {
             return Ok(());
@@ -499,10 +445,9 @@ impl Layer for VhdxLayer {
             ));
         };
         let actual = p.data_write_guid();
-        let recorded: Vec<Uuid> = ["parent_linkage", "parent_linkage2"]
-            .iter()
-            .filter_map(|k| loc.get(k).and_then(parse_linkage))
-            .collect();
+        let recorded = linkages(loc);
+        // Without a recorded linkage any parent is accepted here: `Image::open_chain` refuses
+        // such a chain unless the caller opted in (see `parent_identity_recorded`).
         if recorded.is_empty() || recorded.contains(&actual) {
             return Ok(());
         }

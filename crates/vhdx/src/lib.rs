@@ -7,12 +7,25 @@
 //!   with the higher sequence number; the first valid region table is used; unknown *required*
 //!   regions and metadata items are refused; every table is bounded by the file size before it
 //!   is read. A writable open makes a valid second region table that differs from the first
-//!   equal to it (an interrupted BAT move). The whole BAT is kept in memory (reads never go
-//!   back to it).
+//!   equal to it (an interrupted BAT move). The whole BAT is kept in memory (read once, into
+//!   its final form; reads never go back to it).
+//! - **Space map**: the header section, log, metadata region, BAT region and every block the
+//!   BAT stores are recorded in a [`disk_core::SpaceMap`]. A block past the end of the file, on
+//!   one of those structures or on another block (or an entry with an invalid state) is
+//!   unusable: its reads fail with [`ErrorKind::Corrupt`](disk_core::ErrorKind), a read-only
+//!   open reads everything else, and a writable open is refused (naming the entry, the
+//!   structure, its offset and what it overlaps) unless the caller asks for repair
+//!   ([`OpenContext::repair`]), in which case nothing is ever written through such an entry.
+//!   New blocks come from the map, after everything it records.
 //! - **Log replay**: the active sequence is the valid entry (signature, checksum, LogGuid,
 //!   descriptor and data-sector sequence numbers) with the highest sequence number whose tail
-//!   leads to it through consecutive entries. A writable open applies it to the file, flushes
-//!   and clears the LogGuid (header update); a read-only open lays it over the file in memory.
+//!   leads to it through consecutive entries. The scan checksums each position at most once
+//!   and at most a few times the log's length in all (more is refused as a damaged log). A
+//!   log that asks to grow the file by more than 1 GiB, or writes past the file length it
+//!   records, is refused. The image is parsed with the log laid over the file in memory; a
+//!   read-only open stays that way, a writable open then applies it to the file (growing the
+//!   file only as far as the space map's structures need), flushes and clears the LogGuid
+//!   (header update). [`scan_log`] runs the scan alone.
 //! - **Writes**: before the first change of a session, a header update renews FileWriteGuid and
 //!   DataWriteGuid. New payload blocks (and sector bitmap blocks) are appended 1 MiB-aligned;
 //!   their data is written and flushed first, then the BAT and bitmap sectors go through the log
@@ -32,9 +45,16 @@
 //!   log, so a crash leaves the old or the new state. Growing past the BAT region's room moves
 //!   the BAT to a new region at the end of the file (region table 1, then 2, before the logged
 //!   size change); shrinking cuts freed space at the end of the file.
-//! - **Check** reports damaged header or region table copies, a log still to replay, BAT
-//!   entries out of the file (found by a `lenient` open), overlapping blocks, and leaked space at
-//!   the end of the file; `Repair::All` rewrites damaged copies and cuts leaked space.
+//! - **Check** reports damaged header or region table copies, a log still to replay, every
+//!   unusable BAT entry and overlapping structure the space map found, space no structure
+//!   refers to that holds data (whole MiBs; zeroed space, as a discard leaves it, is free
+//!   space the format cannot record), and leaked space at the end of the file.
+//!   `Repair::Leaks` cuts the leaked end of the file; `Repair::All` also rewrites damaged
+//!   copies and drops the unusable BAT entries through the log (not present; zero in a
+//!   differencing disk), on an image opened with `repair`.
+//! - **Parent identity**: a child whose locator records no usable `parent_linkage` says so
+//!   ([`Layer::parent_identity_recorded`]), and a chain open refuses it unless the caller
+//!   opted in.
 //!
 //! ```
 //! use disk_core::{CreateSpec, Disk, Driver, Image, MemStorage, NoExtraFiles, OpenOptions, Options};
@@ -59,6 +79,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bat;
 mod create;
 pub mod format;
 mod geometry;
@@ -72,6 +93,7 @@ mod write;
 
 pub use create::measure;
 pub use layer::{LogState, VhdxLayer};
+pub use log::{LogSummary, scan_log};
 
 use disk_core::{
     CreateSpec, Driver, Format, Layer, MeasureSource, Measurement, OpenContext, Options, Result, ResultExt, Storage,

@@ -1,5 +1,12 @@
 //! The VHDX log: finding the active sequence, replaying it (to the file or into an in-memory
 //! overlay), and building new log entries.
+//!
+//! The log is hostile input: every size in it is checked before use, and the scan does work
+//! linear in the log's length (each position is checksummed at most once, and at most
+//! `WORK_FACTOR` times the log's length is checksummed in all; more is refused as a damaged
+//! log).
+
+#![warn(clippy::arithmetic_side_effects)]
 
 use crate::format::*;
 use crate::parse::{checksum_with_zero_field, read_bounded};
@@ -12,8 +19,20 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 /// Largest log read into memory for replay.
 const MAX_LOG: u64 = 1 << 30;
-/// Largest file size a log entry may ask for (guards against sparse files of absurd size).
-const MAX_FILE_OFFSET: u64 = 1 << 50;
+/// Most a replay may grow the file past its current length (`LastFileOffset`, zero
+/// descriptors): room for a few payload blocks of the largest size that a writer allocated but
+/// had not flushed yet. More is a hostile log asking for a sparse file of absurd size.
+pub(crate) const MAX_REPLAY_GROWTH: u64 = 4 * MAX_BLOCK_SIZE as u64;
+/// The scan checksums at most this many times the log's length: a sound log holds entries that
+/// do not overlap (each byte checksummed once, plus a torn head or two), so more means forged
+/// headers claiming long entries, and the log is refused as too damaged.
+const WORK_FACTOR: u64 = 4;
+/// Bytes of the header of a log entry (always inside the entry's first 4 KiB sector).
+const ENTRY_HEADER: usize = size_of::<LogEntryHeader>();
+/// Bytes of one log descriptor.
+const DESCRIPTOR: usize = size_of::<LogDescriptor>();
+/// [`LOG_SECTOR`] as a `u64`.
+const SECTOR: u64 = LOG_SECTOR as u64;
 
 /// One change a log entry makes to the file.
 #[derive(Debug, Clone)]
@@ -24,6 +43,13 @@ pub(crate) struct LogOp {
     pub len: u64,
     /// The 4 KiB sector to write, or `None` for zeros.
     pub data: Option<Arc<[u8]>>,
+}
+
+impl LogOp {
+    /// One past the last byte affected (entries are checked not to overflow when parsed).
+    pub fn end(&self) -> u64 {
+        self.offset.saturating_add(self.len)
+    }
 }
 
 /// The active sequence of a log, ready to replay.
@@ -37,6 +63,18 @@ pub(crate) struct Replay {
     pub last_file_offset: u64,
 }
 
+impl Replay {
+    /// The file length the log asks for: `LastFileOffset`, or more if a change reaches further.
+    pub fn required_len(&self) -> u64 {
+        self.ops
+            .iter()
+            .map(LogOp::end)
+            .chain([self.last_file_offset])
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 /// What a valid entry says about itself.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -48,10 +86,35 @@ struct Entry {
     ops: Vec<LogOp>,
 }
 
+/// How much work a scan did (the regression tests bound it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Work {
+    /// Bytes of entries checksummed.
+    pub hashed: u64,
+    /// Entries visited while following sequences from their tails.
+    pub steps: u64,
+}
+
 struct LogScan<'a> {
     log: &'a [u8],
     guid: MsGuid,
-    memo: HashMap<u64, Option<Entry>>,
+    /// Outcome of each position parsed so far (an index into `entries`): every position is
+    /// checksummed at most once.
+    memo: HashMap<u64, Option<usize>>,
+    /// The valid entries found (their total size is bounded by the checksum budget).
+    entries: Vec<Entry>,
+    work: &'a mut Work,
+    /// Most bytes [`Work::hashed`] may reach.
+    hash_budget: u64,
+    /// Most entries [`Work::steps`] may reach.
+    step_budget: u64,
+}
+
+fn too_damaged(what: &str) -> Error {
+    Error::corrupt(format!(
+        "log too damaged: {what} (forged or overlapping entries); refusing to scan further"
+    ))
+    .in_structure("log")
 }
 
 impl LogScan<'_> {
@@ -59,70 +122,102 @@ impl LogScan<'_> {
         self.log.len() as u64
     }
 
-    /// The bytes of `len` bytes starting at `pos`, wrapping around the end of the log.
-    fn bytes(&self, pos: u64, len: u64) -> Vec<u8> {
-        let pos = pos as usize;
-        let len = len as usize;
-        let n = self.log.len();
-        let first = (n - pos).min(len);
-        let mut v = Vec::with_capacity(len);
-        v.extend_from_slice(&self.log[pos..pos + first]);
-        v.extend_from_slice(&self.log[..len - first]);
-        v
-    }
-
     /// Cheap check: does `pos` start with a header of our log?
     fn header(&self, pos: u64) -> Option<LogEntryHeader> {
-        let h = LogEntryHeader::read_from_prefix(&self.log[pos as usize..]).ok()?.0;
+        let at = usize::try_from(pos).ok()?;
+        let h = LogEntryHeader::read_from_prefix(self.log.get(at..)?).ok()?.0;
         let len = u64::from(h.entry_length.get());
         let tail = u64::from(h.tail.get());
         let ok = h.signature.get() == LOG_ENTRY_SIGNATURE
             && h.log_guid == self.guid
-            && len >= LOG_SECTOR as u64
-            && len % LOG_SECTOR as u64 == 0
+            && len >= SECTOR
+            && len % SECTOR == 0
             && len <= self.len()
-            && tail % LOG_SECTOR as u64 == 0
+            && tail % SECTOR == 0
             && tail < self.len();
         ok.then_some(h)
     }
 
-    fn entry(&mut self, pos: u64) -> Option<Entry> {
-        if let Some(e) = self.memo.get(&pos) {
-            return e.clone();
-        }
-        let e = self.parse(pos);
-        self.memo.insert(pos, e.clone());
-        e
+    /// The 4 KiB sector `k` of the entry at `pos`, wrapping around the end of the log (whose
+    /// length is a multiple of 4 KiB, so a sector never straddles the end).
+    fn sector(&self, pos: u64, k: u64) -> Option<&[u8]> {
+        let at = k.checked_mul(SECTOR)?.checked_add(pos)?.checked_rem(self.len())?;
+        let at = usize::try_from(at).ok()?;
+        self.log.get(at..at.checked_add(LOG_SECTOR)?)
     }
 
-    fn parse(&self, pos: u64) -> Option<Entry> {
-        let h = self.header(pos)?;
-        let len = u64::from(h.entry_length.get());
-        let bytes = self.bytes(pos, len);
-        if checksum_with_zero_field(&bytes, 4) != h.checksum.get() {
-            return None;
+    /// CRC-32C of the `len` bytes at `pos` (wrapping), with the checksum field taken as zero;
+    /// no copy. The header never wraps: `pos` is sector aligned.
+    fn checksum(&self, pos: u64, len: u64) -> Option<u32> {
+        let start = usize::try_from(pos).ok()?;
+        let len = usize::try_from(len).ok()?;
+        let first_len = self.log.len().checked_sub(start)?.min(len);
+        let first = self.log.get(start..start.checked_add(first_len)?)?;
+        let rest = self.log.get(..len.checked_sub(first_len)?)?;
+        Some(crc32c::crc32c_append(checksum_with_zero_field(first, 4), rest))
+    }
+
+    /// The valid entry at `pos`, if any, as an index into `entries` (memoised). Fails once the
+    /// scan has checksummed more than its budget.
+    fn entry(&mut self, pos: u64) -> Result<Option<usize>> {
+        if let Some(&e) = self.memo.get(&pos) {
+            return Ok(e);
         }
+        let e = match self.header(pos) {
+            None => None,
+            Some(h) => {
+                let len = u64::from(h.entry_length.get());
+                self.work.hashed = self.work.hashed.saturating_add(len);
+                if self.work.hashed > self.hash_budget {
+                    return Err(too_damaged(&format!(
+                        "more than {} bytes to checksum in a log of {} bytes",
+                        self.hash_budget,
+                        self.len()
+                    )));
+                }
+                let valid = self.checksum(pos, len) == Some(h.checksum.get());
+                valid.then(|| self.parse(pos, &h)).flatten().map(|e| {
+                    self.entries.push(e);
+                    self.entries.len().saturating_sub(1)
+                })
+            }
+        };
+        self.memo.insert(pos, e);
+        Ok(e)
+    }
+
+    /// Descriptors and data sectors of the entry at `pos` whose checksum matched.
+    fn parse(&self, pos: u64, h: &LogEntryHeader) -> Option<Entry> {
         let seq = h.sequence_number.get();
-        let count = h.descriptor_count.get() as usize;
-        let desc_sectors = (64 + 32 * count).div_ceil(LOG_SECTOR);
-        if desc_sectors * LOG_SECTOR > bytes.len() {
+        let len = u64::from(h.entry_length.get());
+        let sectors = len / SECTOR;
+        let count = u64::from(h.descriptor_count.get());
+        // Descriptors follow the 64-byte header; 128 fit in a sector, none straddles one.
+        let desc_sectors = count
+            .checked_mul(DESCRIPTOR as u64)?
+            .checked_add(ENTRY_HEADER as u64)?
+            .div_ceil(SECTOR);
+        if desc_sectors > sectors {
             return None;
         }
-        let (descs, _) = <[LogDescriptor]>::ref_from_prefix_with_elems(&bytes[64..], count).ok()?;
         let mut next_data = desc_sectors;
-        let mut ops = Vec::with_capacity(count);
-        let last = h.last_file_offset.get();
-        for d in descs {
+        let mut ops = Vec::new();
+        for i in 0..count {
+            let byte = i.checked_mul(DESCRIPTOR as u64)?.checked_add(ENTRY_HEADER as u64)?;
+            let sector = self.sector(pos, byte / SECTOR)?;
+            let within = usize::try_from(byte % SECTOR).ok()?;
+            let d = LogDescriptor::read_from_prefix(sector.get(within..)?).ok()?.0;
             let offset = d.file_offset.get();
-            if d.sequence_number.get() != seq || offset % LOG_SECTOR as u64 != 0 {
+            if d.sequence_number.get() != seq || offset % SECTOR != 0 {
                 return None;
             }
             match d.signature.get() {
                 ZERO_DESC_SIGNATURE => {
                     let zlen = u64::from_le_bytes(d.leading_or_length);
-                    if zlen % LOG_SECTOR as u64 != 0 || offset.checked_add(zlen).is_none_or(|e| e > MAX_FILE_OFFSET) {
+                    if zlen % SECTOR != 0 {
                         return None;
                     }
+                    offset.checked_add(zlen)?;
                     ops.push(LogOp {
                         offset,
                         len: zlen,
@@ -130,37 +225,70 @@ impl LogScan<'_> {
                     });
                 }
                 DATA_DESC_SIGNATURE => {
-                    let sector = bytes.get(next_data * LOG_SECTOR..(next_data + 1) * LOG_SECTOR)?;
-                    next_data += 1;
-                    let ds = LogDataSector::read_from_bytes(sector).ok()?;
-                    let sseq = (u64::from(ds.sequence_high.get()) << 32) | u64::from(ds.sequence_low.get());
-                    if ds.signature.get() != DATA_SECTOR_SIGNATURE || sseq != seq || offset >= MAX_FILE_OFFSET {
+                    if next_data >= sectors {
                         return None;
                     }
-                    let mut page = vec![0u8; LOG_SECTOR];
-                    page[..8].copy_from_slice(&d.leading_or_length);
-                    page[8..LOG_SECTOR - 4].copy_from_slice(&ds.data);
-                    page[LOG_SECTOR - 4..].copy_from_slice(&d.trailing_bytes);
+                    let ds = LogDataSector::read_from_bytes(self.sector(pos, next_data)?).ok()?;
+                    next_data = next_data.checked_add(1)?;
+                    let sseq = (u64::from(ds.sequence_high.get()) << 32) | u64::from(ds.sequence_low.get());
+                    if ds.signature.get() != DATA_SECTOR_SIGNATURE || sseq != seq {
+                        return None;
+                    }
+                    offset.checked_add(SECTOR)?;
+                    let mut page = Vec::with_capacity(LOG_SECTOR);
+                    page.extend_from_slice(&d.leading_or_length);
+                    page.extend_from_slice(&ds.data);
+                    page.extend_from_slice(&d.trailing_bytes);
                     ops.push(LogOp {
                         offset,
-                        len: LOG_SECTOR as u64,
+                        len: SECTOR,
                         data: Some(page.into()),
                     });
                 }
                 _ => return None,
             }
         }
-        if last > MAX_FILE_OFFSET {
-            return None;
-        }
         Some(Entry {
             seq,
             len,
             tail: u64::from(h.tail.get()),
             flushed: h.flushed_file_offset.get(),
-            last,
+            last: h.last_file_offset.get(),
             ops,
         })
+    }
+
+    /// Follow the sequence from the tail of the head entry (`head`, at `head_pos`): the entries
+    /// up to and including the head, if they are valid and consecutive.
+    fn chain(&mut self, head_pos: u64, head: usize) -> Result<Option<Vec<usize>>> {
+        let (head_seq, mut pos) = (self.entries[head].seq, self.entries[head].tail);
+        let mut chain = Vec::new();
+        let mut expect: Option<u64> = None;
+        // A sequence has at most one entry per sector of the log.
+        for _ in 0..=self.len() / SECTOR {
+            self.work.steps = self.work.steps.saturating_add(1);
+            if self.work.steps > self.step_budget {
+                return Err(too_damaged("too many sequences to follow"));
+            }
+            let Some(i) = self.entry(pos)? else {
+                return Ok(None);
+            };
+            let e = &self.entries[i];
+            if expect.is_some_and(|s| s != e.seq) {
+                return Ok(None);
+            }
+            let at_head = pos == head_pos && e.seq == head_seq;
+            expect = e.seq.checked_add(1);
+            pos = pos
+                .checked_add(e.len)
+                .and_then(|p| p.checked_rem(self.len()))
+                .unwrap_or(0);
+            chain.push(i);
+            if at_head {
+                return Ok(Some(chain));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -183,78 +311,121 @@ pub(crate) fn find_active(
         );
     }
     let log = read_bounded(storage, file_len, log_offset, log_length, "log")?;
+    scan(&log, guid, file_len, &mut Work::default()).map_err(|e| e.at_offset(log_offset))
+}
+
+/// What [`scan_log`] found: the active sequence of a log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogSummary {
+    /// Entries in the active sequence.
+    pub entries: usize,
+    /// Changes (data sectors and zeroed ranges) the sequence makes to the file.
+    pub changes: usize,
+    /// The file length the sequence asks for after replay.
+    pub required_len: u64,
+}
+
+/// Scan a VHDX log on its own, as opening an image does (for fuzzing and tools): `log` is the
+/// log's bytes (a multiple of 4 KiB), `guid` the header's `LogGuid`, `file_len` the image
+/// file's length. Returns the active sequence, `None` for an empty log (or a nil GUID), or an
+/// [`ErrorKind::Corrupt`](disk_core::ErrorKind) error for a damaged one. Never panics; its work
+/// is linear in the log's length whatever the log holds.
+pub fn scan_log(log: &[u8], guid: MsGuid, file_len: u64) -> Result<Option<LogSummary>> {
+    Ok(scan(log, guid, file_len, &mut Work::default())?.map(|r| LogSummary {
+        entries: r.entries,
+        changes: r.ops.len(),
+        required_len: r.required_len(),
+    }))
+}
+
+/// [`find_active`] on the log's bytes (a multiple of 4 KiB long), counting the work done.
+pub(crate) fn scan(log: &[u8], guid: MsGuid, file_len: u64, work: &mut Work) -> Result<Option<Replay>> {
+    let log_len = log.len() as u64;
+    if guid.is_nil() || log_len == 0 || !log_len.is_multiple_of(SECTOR) {
+        return Ok(None);
+    }
+    let sectors = log_len / SECTOR;
     let mut scan = LogScan {
-        log: &log,
+        log,
         guid,
         memo: HashMap::new(),
+        entries: Vec::new(),
+        work,
+        hash_budget: log_len.saturating_mul(WORK_FACTOR),
+        step_budget: sectors.saturating_mul(WORK_FACTOR).saturating_add(WORK_FACTOR),
     };
-    let sectors = log_length / LOG_SECTOR as u64;
     let mut heads: Vec<(u64, u64)> = (0..sectors)
-        .map(|i| i * LOG_SECTOR as u64)
-        .filter_map(|pos| scan.header(pos).map(|h| (h.sequence_number.get(), pos)))
+        .filter_map(|i| {
+            let pos = i.checked_mul(SECTOR)?;
+            scan.header(pos).map(|h| (h.sequence_number.get(), pos))
+        })
         .collect();
     heads.sort_unstable_by(|a, b| b.cmp(a));
     for (_, head_pos) in heads {
-        let Some(head) = scan.entry(head_pos) else {
+        let Some(head) = scan.entry(head_pos)? else {
             continue;
         };
-        // Walk from the head's tail to the head.
-        let mut chain = Vec::new();
-        let mut pos = head.tail;
-        let mut expect: Option<u64> = None;
-        let mut ok = false;
-        for _ in 0..=sectors {
-            let Some(e) = scan.entry(pos) else { break };
-            if expect.is_some_and(|s| s != e.seq) {
-                break;
-            }
-            let at_head = pos == head_pos && e.seq == head.seq;
-            expect = e.seq.checked_add(1);
-            pos = (pos + e.len) % log_length;
-            chain.push(e);
-            if at_head {
-                ok = true;
-                break;
-            }
-        }
-        if !ok {
+        let Some(chain) = scan.chain(head_pos, head)? else {
             continue;
-        }
-        if head.flushed > file_len {
-            return Err(Error::corrupt(format!(
-                "the log says the file had {} bytes but it has {file_len}: data was lost",
-                head.flushed
-            ))
-            .in_structure("log"));
-        }
-        let entries = chain.len();
-        let ops = chain.into_iter().flat_map(|e| e.ops).collect();
-        return Ok(Some(Replay {
-            ops,
-            entries,
+        };
+        let head = &scan.entries[head];
+        let replay = Replay {
+            entries: chain.len(),
+            ops: chain
+                .iter()
+                .flat_map(|&i| scan.entries[i].ops.iter().cloned())
+                .collect(),
             last_file_offset: head.last,
-        }));
+        };
+        check_bounds(&replay, head.flushed, file_len)?;
+        return Ok(Some(replay));
     }
     Ok(None)
 }
 
-/// Apply a replay to the file itself (the caller flushes afterwards).
-pub(crate) fn apply(storage: &dyn Storage, replay: &Replay) -> io::Result<()> {
+/// Refuse an active sequence that asks for more than the file can justify: data known durable
+/// past the end of the file (it was lost), growth beyond [`MAX_REPLAY_GROWTH`], or changes past
+/// the file size the log itself records.
+fn check_bounds(replay: &Replay, flushed: u64, file_len: u64) -> Result<()> {
+    let bad = |m: String| Err(Error::corrupt(m).in_structure("log"));
+    if flushed > file_len {
+        return bad(format!(
+            "the log says the file had {flushed} bytes but it has {file_len}: data was lost"
+        ));
+    }
+    let last = replay.last_file_offset;
+    if last > file_len.saturating_add(MAX_REPLAY_GROWTH) {
+        return bad(format!(
+            "the log asks to grow the file from {file_len} to {last} bytes (at most {MAX_REPLAY_GROWTH} more)"
+        ));
+    }
+    let limit = file_len.max(last);
+    if let Some(op) = replay.ops.iter().find(|op| op.end() > limit) {
+        return bad(format!(
+            "the log changes {} bytes at {:#x}, past the file size it records ({limit} bytes)",
+            op.len, op.offset
+        ));
+    }
+    Ok(())
+}
+
+/// Apply a replay to the file itself (the caller flushes afterwards), growing the file to the
+/// length the log asks for but to at most `max_len` (what the image's structures use, found by
+/// its space map): changes past `max_len` touch space nothing refers to and are skipped.
+pub(crate) fn apply(storage: &dyn Storage, replay: &Replay, max_len: u64) -> io::Result<()> {
     let len = storage.len()?;
-    let needed = replay
-        .ops
-        .iter()
-        .map(|o| o.offset + o.len)
-        .chain([replay.last_file_offset])
-        .max()
-        .unwrap_or(0);
-    if needed > len {
-        storage.set_len(needed)?;
+    let target = replay.required_len().min(max_len.max(len));
+    if target > len {
+        storage.set_len(target)?;
     }
     for op in &replay.ops {
+        let end = op.end().min(target);
+        let Some(n) = end.checked_sub(op.offset).filter(|&n| n > 0) else {
+            continue;
+        };
         match &op.data {
-            Some(d) => storage.write_at(d, op.offset)?,
-            None => storage.punch_hole(op.offset, op.len)?,
+            Some(d) => storage.write_at(d.get(..usize::try_from(n).unwrap_or(0)).unwrap_or(&[]), op.offset)?,
+            None => storage.punch_hole(op.offset, n)?,
         }
     }
     Ok(())
@@ -276,10 +447,10 @@ impl Overlay {
     pub fn new(inner: Arc<dyn Storage>, replay: Replay) -> io::Result<Self> {
         let file_len = inner.len()?;
         let lo = replay.ops.iter().map(|o| o.offset).min().unwrap_or(0);
-        let hi = replay.ops.iter().map(|o| o.offset + o.len).max().unwrap_or(0);
+        let hi = replay.ops.iter().map(LogOp::end).max().unwrap_or(0);
         Ok(Overlay {
             inner,
-            len: file_len.max(replay.last_file_offset).max(hi),
+            len: file_len.max(replay.required_len()),
             ops: replay.ops,
             span: (lo, hi),
         })
@@ -294,6 +465,9 @@ fn read_only_error() -> io::Error {
 }
 
 impl Storage for Overlay {
+    // The subtractions take `offset <= s < e <= end = offset + buf.len()` and, for data,
+    // `op.offset <= s < e <= op.offset + 4096`: each index lies inside its buffer.
+    #[allow(clippy::arithmetic_side_effects)]
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let end = offset
             .checked_add(buf.len() as u64)
@@ -309,7 +483,7 @@ impl Storage for Overlay {
             return Ok(());
         }
         for op in &self.ops {
-            let (s, e) = (op.offset.max(offset), (op.offset + op.len).min(end));
+            let (s, e) = (op.offset.max(offset), op.end().min(end));
             if s >= e {
                 continue;
             }
@@ -353,11 +527,15 @@ pub(crate) struct EntryParams {
 }
 
 /// Bytes of an entry logging `pages` (4 KiB sectors: file offset and contents).
+// Our own entries: `pages` is at most the log's sectors (a log is at most 4 GiB).
+#[allow(clippy::arithmetic_side_effects)]
 pub(crate) fn entry_len(pages: usize) -> u64 {
     (((64 + 32 * pages).div_ceil(LOG_SECTOR) + pages) * LOG_SECTOR) as u64
 }
 
 /// Build a log entry writing `pages` (file offset, 4 KiB of contents).
+// Our own entries: `pages` is at most the log's sectors, so every size fits.
+#[allow(clippy::arithmetic_side_effects)]
 pub(crate) fn build_entry(p: &EntryParams, pages: &[(u64, Vec<u8>)]) -> Vec<u8> {
     let total = entry_len(pages.len()) as usize;
     let desc_sectors = (64 + 32 * pages.len()).div_ceil(LOG_SECTOR);
@@ -394,6 +572,7 @@ pub(crate) fn build_entry(p: &EntryParams, pages: &[(u64, Vec<u8>)]) -> Vec<u8> 
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // test images of fixed, small sizes
 mod tests {
     use super::*;
     use disk_core::MemStorage;
@@ -443,6 +622,99 @@ mod tests {
                 let _ = o.read_at(&mut buf, 2 * MIB);
             }
         }
+    }
+
+    /// Fix the checksum of an entry edited by a test.
+    fn reseal(e: &mut [u8]) {
+        e[4..8].fill(0);
+        let crc = crc32c::crc32c(e);
+        e[4..8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// A log of `len` bytes whose every sector starts with a plausible header of `guid` (right
+    /// signature, GUID, tail) claiming an entry as long as the whole log, with a wrong checksum.
+    fn forged_log(guid: MsGuid, len: usize) -> Vec<u8> {
+        let mut log = vec![0u8; len];
+        for (i, sector) in log.chunks_mut(LOG_SECTOR).enumerate() {
+            let mut h = LogEntryHeader::new_zeroed();
+            h.signature.set(LOG_ENTRY_SIGNATURE);
+            h.checksum.set(0xdead_beef);
+            h.entry_length.set(len as u32);
+            h.sequence_number.set(1000 + i as u64);
+            h.log_guid = guid;
+            sector[..64].copy_from_slice(h.as_bytes());
+        }
+        log
+    }
+
+    #[test]
+    fn forged_headers_cost_work_linear_in_the_log() {
+        let guid = MsGuid([4; 16]);
+        let len = 8 * MIB as usize;
+        let log = forged_log(guid, len);
+        // 2048 plausible headers of 8 MiB each: checksumming each would be 16 GiB of work.
+        let mut work = Work::default();
+        let e = scan(&log, guid, 64 * MIB, &mut work).unwrap_err();
+        assert_eq!(e.kind(), disk_core::ErrorKind::Corrupt);
+        assert!(e.to_string().contains("log too damaged"), "{e}");
+        assert!(work.hashed <= (WORK_FACTOR + 1) * len as u64, "{work:?}");
+
+        // Short forged entries: each position is checksummed once, whatever refers to it.
+        let mut log = vec![0u8; len];
+        for (i, sector) in log.chunks_mut(LOG_SECTOR).enumerate() {
+            let mut h = LogEntryHeader::new_zeroed();
+            h.signature.set(LOG_ENTRY_SIGNATURE);
+            h.entry_length.set(2 * LOG_SECTOR as u32);
+            h.sequence_number.set(i as u64);
+            h.log_guid = guid;
+            sector[..64].copy_from_slice(h.as_bytes());
+            reseal(&mut sector[..]);
+        }
+        let mut work = Work::default();
+        let _ = scan(&log, guid, 64 * MIB, &mut work);
+        assert!(work.hashed <= 2 * len as u64, "{work:?}");
+        assert!(
+            work.steps <= WORK_FACTOR * (len / LOG_SECTOR) as u64 + WORK_FACTOR,
+            "{work:?}"
+        );
+    }
+
+    #[test]
+    fn a_log_asking_for_a_huge_file_is_refused() {
+        let guid = MsGuid([6; 16]);
+        let s = MemStorage::new();
+        s.set_len(4 * MIB).unwrap();
+        // LastFileOffset of 8 TiB.
+        let mut p = params(guid, 1, 0);
+        p.last_file_offset = 8 << 40;
+        s.write_at(&build_entry(&p, &[(3 * MIB, vec![1; LOG_SECTOR])]), MIB)
+            .unwrap();
+        let e = find_active(&s, 4 * MIB, MIB, MIB, guid).unwrap_err();
+        assert_eq!(e.kind(), disk_core::ErrorKind::Corrupt);
+        assert!(e.to_string().contains("grow the file"), "{e}");
+        // A data sector written past the file size the entry records.
+        let p = params(guid, 1, 0);
+        s.write_at(&build_entry(&p, &[(8 << 40, vec![1; LOG_SECTOR])]), MIB)
+            .unwrap();
+        let e = find_active(&s, 4 * MIB, MIB, MIB, guid).unwrap_err();
+        assert!(e.to_string().contains("past the file size"), "{e}");
+        // A zero descriptor reaching 8 TiB.
+        let mut entry = build_entry(&p, &[(3 * MIB, vec![1; LOG_SECTOR])]);
+        entry[64..68].copy_from_slice(&ZERO_DESC_SIGNATURE.to_le_bytes());
+        entry[72..80].copy_from_slice(&(8u64 << 40).to_le_bytes());
+        reseal(&mut entry);
+        s.write_at(&entry, MIB).unwrap();
+        let e = find_active(&s, 4 * MIB, MIB, MIB, guid).unwrap_err();
+        assert!(e.to_string().contains("past the file size"), "{e}");
+        // Within bounds: replayed, and `apply` grows the file only as far as it is told.
+        let mut p = params(guid, 1, 0);
+        p.last_file_offset = 6 * MIB;
+        s.write_at(&build_entry(&p, &[(3 * MIB, vec![1; LOG_SECTOR])]), MIB)
+            .unwrap();
+        let r = find_active(&s, 4 * MIB, MIB, MIB, guid).unwrap().unwrap();
+        assert_eq!(r.required_len(), 6 * MIB);
+        apply(&s, &r, 5 * MIB).unwrap();
+        assert_eq!(s.len().unwrap(), 5 * MIB);
     }
 
     #[test]

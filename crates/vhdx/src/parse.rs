@@ -1,6 +1,8 @@
 //! Reading and validating the fixed structures: file identifier, headers, region tables,
 //! metadata table and items, parent locator. Every read is bounded by the file size first.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use crate::format::*;
 use disk_core::guid::MsGuid;
 use disk_core::{Error, IoResultExt, Result, Storage};
@@ -33,13 +35,13 @@ pub(crate) fn read_bounded(
 
 /// Whether `x` is a multiple of `align` (a power of two).
 pub(crate) fn aligned(x: u64, align: u64) -> bool {
-    x & (align - 1) == 0
+    x.is_multiple_of(align)
 }
 
 /// CRC-32C of `bytes` with the 4-byte checksum field at `at` taken as zero.
 pub(crate) fn checksum_with_zero_field(bytes: &[u8], at: usize) -> u32 {
-    let head = &bytes[..at];
-    let tail = &bytes[at + 4..];
+    let (head, rest) = bytes.split_at(at.min(bytes.len()));
+    let tail = rest.get(4..).unwrap_or(&[]);
     let crc = crc32c::crc32c(head);
     let crc = crc32c::crc32c_append(crc, &[0; 4]);
     crc32c::crc32c_append(crc, tail)
@@ -77,7 +79,7 @@ pub(crate) fn read_creator(storage: &dyn Storage, file_len: u64) -> Result<Strin
     let end = raw
         .chunks_exact(2)
         .position(|c| c == [0, 0])
-        .map_or(raw.len(), |i| i * 2);
+        .map_or(raw.len(), |i| i.saturating_mul(2));
     Ok(utf16le(&raw[..end]).unwrap_or_default())
 }
 
@@ -227,7 +229,7 @@ fn parse_region_table(buf: &[u8], file_len: u64, at: u64) -> Result<(Region, Reg
         }
         if seen
             .iter()
-            .any(|s| r.offset < s.offset + s.length && s.offset < r.offset + r.length)
+            .any(|s| r.offset < s.offset.saturating_add(s.length) && s.offset < r.offset.saturating_add(r.length))
         {
             return Err(bad(format!("region {} overlaps another", e.guid)));
         }
@@ -306,7 +308,7 @@ fn item<'a>(region: &'a [u8], e: &MetadataTableEntry, min: usize) -> Result<&'a 
             Error::corrupt(format!("metadata item {} is {len} bytes, needs {min}", e.item_id)).in_structure("metadata"),
         );
     }
-    region.get(off..off + len).ok_or_else(|| {
+    region.get(off..off.saturating_add(len)).ok_or_else(|| {
         Error::corrupt(format!("metadata item {} lies outside the region", e.item_id)).in_structure("metadata")
     })
 }
@@ -325,7 +327,7 @@ fn parse_parent_locator(data: &[u8]) -> Result<ParentLocator> {
         let text = |off: u32, len: u16| -> Result<String> {
             let off = off as usize;
             let bytes = data
-                .get(off..off + usize::from(len))
+                .get(off..off.saturating_add(usize::from(len)))
                 .ok_or_else(|| bad("key or value outside the item"))?;
             utf16le(bytes).ok_or_else(|| bad("text is not UTF-16"))
         };
@@ -375,7 +377,8 @@ pub(crate) fn read_metadata(storage: &dyn Storage, file_len: u64, region: Region
                     .0,
             );
         } else if id == ITEM_VIRTUAL_DISK_SIZE {
-            size_item_offset = region.offset + u64::from(e.offset.get());
+            // Inside the region (checked by `item`), which lies inside the file.
+            size_item_offset = region.offset.saturating_add(u64::from(e.offset.get()));
             size = Some(
                 VirtualDiskSize::read_from_prefix(item(&data, e, 8)?)
                     .map_err(|_| bad("size".into()))?
@@ -421,7 +424,7 @@ pub(crate) fn read_metadata(storage: &dyn Storage, file_len: u64, region: Region
         }
     }
     let virtual_size = size.ok_or_else(|| missing("virtual disk size"))?.size.get();
-    if virtual_size > MAX_VIRTUAL_SIZE || virtual_size % u64::from(logical) != 0 {
+    if virtual_size > MAX_VIRTUAL_SIZE || !virtual_size.is_multiple_of(u64::from(logical)) {
         return Err(bad(format!(
             "virtual disk size {virtual_size} is not a multiple of {logical} up to 64 TiB"
         )));

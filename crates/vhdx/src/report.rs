@@ -1,8 +1,11 @@
 //! `info` and `check` for a VHDX.
 
+#![warn(clippy::arithmetic_side_effects)]
+
+use crate::bat;
 use crate::format::*;
-use crate::layer::{LogState, VhdxLayer, read_lock};
-use disk_core::{CheckReport, Format, InfoValue, IoResultExt, Layer, LayerInfo, Repair, Result};
+use crate::layer::{LogState, VhdxLayer, lock, read_lock};
+use disk_core::{CheckReport, Findings, Format, InfoValue, IoResultExt, Layer, LayerInfo, Repair, Result};
 
 /// What `vdisk info` shows for a VHDX.
 pub(crate) fn info(l: &VhdxLayer) -> LayerInfo {
@@ -58,7 +61,7 @@ pub(crate) fn check(l: &VhdxLayer, repair: Repair) -> Result<CheckReport> {
         if *ok {
             continue;
         }
-        let what = format!("header {} has a bad signature or checksum", slot + 1);
+        let what = format!("header {} has a bad signature or checksum", slot.saturating_add(1));
         if fix {
             // The header update procedure writes the non-current slot: the damaged one.
             l.rewrite_other_header()?;
@@ -71,7 +74,7 @@ pub(crate) fn check(l: &VhdxLayer, repair: Repair) -> Result<CheckReport> {
         if *ok {
             continue;
         }
-        let what = format!("region table {} is damaged", i + 1);
+        let what = format!("region table {} is damaged", i.saturating_add(1));
         if fix {
             let (good, bad) = if i == 0 {
                 (REGION_TABLE2_OFFSET, REGION_TABLE1_OFFSET)
@@ -91,7 +94,28 @@ pub(crate) fn check(l: &VhdxLayer, repair: Repair) -> Result<CheckReport> {
             r.corruptions.push(what);
         }
     }
-    r.corruptions.extend(l.bat_problems.iter().cloned());
+    // Unusable BAT entries and overlapping structures, found by the space map on open.
+    let problems = std::mem::take(&mut lock(&l.state).problems);
+    if fix && problems.count() > 0 {
+        l.drop_unusable_entries()?;
+        // Structures that overlap (found first, so never among the omitted) stay: dropping BAT
+        // entries cannot fix them.
+        let mut remaining = Findings::new();
+        for p in problems.iter() {
+            if p.starts_with(bat::ENTRY_PROBLEM) {
+                r.repaired.push(format!("{p}: entry dropped"));
+            } else {
+                r.corruptions.push(p.clone());
+                remaining.push(p.clone());
+            }
+        }
+        note_omitted(&mut r.repaired, problems.omitted());
+        lock(&l.state).problems = remaining;
+    } else {
+        r.corruptions.extend(problems.iter().cloned());
+        note_omitted(&mut r.corruptions, problems.omitted());
+        lock(&l.state).problems = problems;
+    }
     match l.log_state {
         LogState::ReplayedInMemory(n) => r.corruptions.push(format!(
             "the log holds {n} entries not yet replayed into the file (replayed in memory; open writable to replay)"
@@ -99,68 +123,36 @@ pub(crate) fn check(l: &VhdxLayer, repair: Repair) -> Result<CheckReport> {
         LogState::Replayed(n) => r.repaired.push(format!("replayed {n} log entries")),
         LogState::Clean => {}
     }
-    // Every stored area: (start, end, what).
-    let h = l.header();
-    let mut areas: Vec<(u64, u64, String)> = vec![
-        (0, HEADER_SECTION_SIZE, "header section".into()),
-        (
-            l.regions.bat.offset,
-            l.regions.bat.offset + l.regions.bat.length,
-            "BAT region".into(),
-        ),
-        (
-            l.regions.metadata.offset,
-            l.regions.metadata.offset + l.regions.metadata.length,
-            "metadata region".into(),
-        ),
-    ];
-    let log_len = u64::from(h.log_length.get());
-    if log_len > 0 {
-        areas.push((h.log_offset.get(), h.log_offset.get() + log_len, "log".into()));
-    }
     let bat = read_lock(&l.bat);
-    let mut allocated = 0u64;
-    for block in 0..g.data_blocks {
-        let e = bat[g.payload_index(block)];
-        if matches!(bat_state(e), payload::FULLY_PRESENT | payload::PARTIALLY_PRESENT) {
-            allocated += 1;
-            let off = bat_offset(e);
-            areas.push((off, off + g.block_size, format!("payload block {block}")));
-            if bat_state(e) == payload::PARTIALLY_PRESENT
-                && bat_state(bat[g.bitmap_index(block / g.chunk_ratio)]) != bitmap::PRESENT
-            {
-                r.corruptions.push(format!(
-                    "payload block {block} is partially present without a sector bitmap"
-                ));
-            }
-        }
-    }
-    if g.has_parent {
-        for chunk in 0..g.bitmap_blocks {
-            let e = bat[g.bitmap_index(chunk)];
-            if bat_state(e) == bitmap::PRESENT {
-                let off = bat_offset(e);
-                areas.push((off, off + MIB, format!("sector bitmap block {chunk}")));
-            }
-        }
-    }
+    let allocated = (0..g.data_blocks)
+        .filter(|&b| {
+            matches!(
+                bat_state(bat[g.payload_index(b)]),
+                payload::FULLY_PRESENT | payload::PARTIALLY_PRESENT
+            )
+        })
+        .count() as u64;
     drop(bat);
-    areas.sort_by_key(|a| a.0);
-    for w in areas.windows(2) {
-        if w[1].0 < w[0].1 {
-            r.corruptions.push(format!(
-                "{} at {:#x} overlaps {} at {:#x}",
-                w[1].2, w[1].0, w[0].2, w[0].0
-            ));
-        }
-    }
-    let end = areas.iter().map(|a| a.1).max().unwrap_or(0);
+    let (end, gaps) = {
+        let st = lock(&l.state);
+        let end = st.space.used_end();
+        let keep = end.checked_next_multiple_of(MIB).unwrap_or(u64::MAX);
+        (end, st.space.gaps(HEADER_SECTION_SIZE, keep).collect::<Vec<_>>())
+    };
     let file_len = l.io.len().io_context("reading the file size", 0)?;
+    for (at, len) in leaked_data(l, &gaps, file_len)? {
+        r.leaks.push(format!(
+            "{len} bytes at {at:#x} hold data but are not referenced by any structure"
+        ));
+    }
     // Less than 1 MiB of tail is padding (some tools leave a sector); more is a leaked block,
     // e.g. one whose data was written before a crash prevented its BAT update.
-    let keep = end.div_ceil(MIB) * MIB;
-    if file_len >= keep + MIB {
-        let what = format!("{} bytes after the last used block are not referenced", file_len - keep);
+    let keep = end.checked_next_multiple_of(MIB).unwrap_or(u64::MAX);
+    if file_len >= keep.saturating_add(MIB) {
+        let what = format!(
+            "{} bytes after the last used block are not referenced",
+            file_len.saturating_sub(keep)
+        );
         if repair != Repair::None && l.writable {
             l.truncate_unused(keep)?;
             r.repaired.push(what);
@@ -172,4 +164,39 @@ pub(crate) fn check(l: &VhdxLayer, repair: Repair) -> Result<CheckReport> {
     r.allocated_clusters = Some(allocated);
     r.total_clusters = Some(g.data_blocks);
     Ok(r)
+}
+
+/// Say how many findings had no room for a message.
+fn note_omitted(f: &mut Findings, omitted: u64) {
+    if omitted > 0 {
+        f.push(format!("and {omitted} more like these"));
+    }
+}
+
+/// The whole MiBs inside `gaps` (unrecorded space of the file) that hold data, merged into
+/// runs: space the image does not refer to. Zeroed space (what a discard leaves behind) is
+/// free space the format has no way to record, not a leak. Reads at most the file's length.
+fn leaked_data(l: &VhdxLayer, gaps: &[(u64, u64)], file_len: u64) -> Result<Vec<(u64, u64)>> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut buf = vec![0u8; MIB as usize];
+    for &(start, len) in gaps {
+        let Some(mut at) = start.checked_next_multiple_of(MIB) else {
+            continue;
+        };
+        let end = start.saturating_add(len).min(file_len) & !(MIB - 1);
+        while at < end {
+            l.io.read_at(&mut buf, at)
+                .io_context("reading unreferenced space", at)?;
+            if buf.iter().any(|&b| b != 0) {
+                let full = runs.len() >= disk_core::MAX_CHECK_DETAILS;
+                match runs.last_mut() {
+                    Some((s, n)) if s.saturating_add(*n) == at => *n = n.saturating_add(MIB),
+                    _ if !full => runs.push((at, MIB)),
+                    _ => {}
+                }
+            }
+            at = at.saturating_add(MIB);
+        }
+    }
+    Ok(runs)
 }

@@ -10,7 +10,7 @@
 //!   not logged, but every state in between is consistent: the parser uses the first valid
 //!   table, a torn copy is skipped, and either BAT holds the same entries for the old size, so
 //!   until the size entry is durable the image opens at the old size with the old data. The old
-//!   BAT region's space is left unused.
+//!   BAT region's space is then zeroed and left unused.
 //! - **Shrink**: one log entry records the new size together with clearing the BAT entries past
 //!   the new end (atomic); then the tail of the new last block is zeroed, the dropped blocks'
 //!   space released, and, once the log is empty again, the file is cut after its last used
@@ -23,8 +23,8 @@ use crate::format::*;
 use crate::geometry::Geometry;
 use crate::layer::{MAX_BAT_BYTES, VhdxLayer, WriteState, lock, read_lock, write_lock};
 use crate::parse::checksum_with_zero_field;
-use crate::write::Txn;
-use disk_core::{Error, IoResultExt, Result};
+use crate::write::{MAX_FILE_SIZE, Txn, forget_past};
+use disk_core::{Error, IoResultExt, Result, SpaceKind};
 use std::sync::atomic::Ordering;
 use zerocopy::FromBytes;
 
@@ -115,7 +115,7 @@ impl VhdxLayer {
                 let e = self.entry(&clean, i);
                 let fixed = self.meta.leave_allocated && !old.has_parent;
                 if fixed {
-                    let off = self.allocate(&mut st, old.block_size)?;
+                    let off = self.allocate(&mut st, old.block_size, SpaceKind::Data)?;
                     clean.bat.insert(i, bat_entry(payload::FULLY_PRESENT, off));
                 } else if e != 0 {
                     clean.bat.insert(i, 0);
@@ -199,9 +199,7 @@ impl VhdxLayer {
         if len > end {
             self.file.set_len(end).io_context("cutting unused space", end)?;
             self.file.flush().io_context("flushing", end)?;
-            st.file_end = end;
-            let block = self.geo.block_size;
-            st.free.retain(|&off| off + block <= end);
+            forget_past(st, end, self.geo.block_size);
         }
         Ok(())
     }
@@ -212,20 +210,21 @@ impl VhdxLayer {
         let length = (new.total_entries * 8).div_ceil(MIB) * MIB;
         let length32 =
             u32::try_from(length).map_err(|_| Error::unsupported(format!("a BAT region of {length} bytes")))?;
-        // Our own allocation, never a reused payload block: the region must be one piece.
-        let offset = st.file_end.div_ceil(MIB) * MIB;
-        // A fixed disk's new blocks follow the region, allocated with it in one extension.
+        // A fixed disk's new blocks follow the region, allocated with it in one extension (from
+        // the space map, never a reused payload block: the region must be one piece).
         let fixed = self.meta.leave_allocated && !old.has_parent;
         let new_blocks = if fixed { new.data_blocks - old.data_blocks } else { 0 };
-        let end = new_blocks
+        let blocks_len = new_blocks
             .checked_mul(old.block_size)
-            .and_then(|b| b.checked_add(length))
-            .and_then(|b| b.checked_add(offset))
             .ok_or_else(|| Error::unsupported("file would exceed 2^64 bytes"))?;
+        let offset = st.space.allocate(length, MIB, SpaceKind::Bat, MAX_FILE_SIZE)?;
+        if blocks_len > 0 {
+            st.space.allocate(blocks_len, MIB, SpaceKind::Data, MAX_FILE_SIZE)?;
+        }
+        let end = st.space.file_len();
         self.file
             .set_len(end)
             .io_context("extending the file for the BAT", offset)?;
-        st.file_end = end;
         // The current entries, as the file has them (the log is applied).
         let mut bytes = vec![0u8; (old.total_entries * 8) as usize];
         let at = self.regions.bat.offset;
@@ -267,6 +266,14 @@ impl VhdxLayer {
                 .io_context("writing the region table", at)?;
             self.file.flush().io_context("flushing the region table", at)?;
         }
+        // Both tables name the new BAT: the old region is never read again. Zero it, so that
+        // its stale entries do not read as leaked data (a crash before this leaves them: a
+        // harmless leak that `check` reports).
+        let old_region = self.regions.bat;
+        self.file
+            .punch_hole(old_region.offset, old_region.length)
+            .io_context("releasing the old BAT region", old_region.offset)?;
+        st.space.release(old_region.offset, old_region.length);
         Ok(())
     }
 }

@@ -1,12 +1,13 @@
 //! The write path: header updates, block allocation, and metadata changes through the log
 //! (write-ahead: data, flush, log entry, flush, apply, flush).
 
+use crate::bat::INVALID_ENTRY;
 use crate::format::*;
 use crate::layer::{VhdxLayer, WriteState, lock, read_lock, write_lock};
 use crate::log::{EntryParams, build_entry, entry_len};
 use crate::parse::{header_bytes, header_offset};
 use disk_core::guid::{MsGuid, new_uuid};
-use disk_core::{Error, ErrorKind, IoResultExt, Result};
+use disk_core::{Error, ErrorKind, IoResultExt, Result, SpaceKind};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
@@ -23,6 +24,16 @@ pub(crate) struct Txn {
     pub(crate) release: Vec<u64>,
     /// Other bytes to change (file offset, new bytes), e.g. a metadata item.
     pub(crate) patches: Vec<(u64, Vec<u8>)>,
+}
+
+/// Largest file an image may grow to: room for a 64 TiB disk's blocks, sector bitmaps and BAT.
+pub(crate) const MAX_FILE_SIZE: u64 = 2 * MAX_VIRTUAL_SIZE;
+
+/// Forget space past `end` after the file was cut there (allocations continue from `end`).
+pub(crate) fn forget_past(st: &mut WriteState, end: u64, block_size: u64) {
+    st.space.release(end, u64::MAX - end);
+    st.space.set_file_len(end);
+    st.free.retain(|&off| off.saturating_add(block_size) <= end);
 }
 
 /// One piece of an operation: sectors inside one payload block.
@@ -141,7 +152,7 @@ impl VhdxLayer {
             }
             return self.file.flush().io_context("flushing metadata", 0);
         }
-        if log_off < HEADER_SECTION_SIZE || log_off.checked_add(log_len).is_none_or(|e| e > st.file_end) {
+        if log_off < HEADER_SECTION_SIZE || log_off.checked_add(log_len).is_none_or(|e| e > st.space.file_len()) {
             return Err(Error::corrupt(format!("the log at {log_off:#x} lies outside the file")).in_structure("log"));
         }
         if st.header.log_guid.is_nil() {
@@ -159,8 +170,8 @@ impl VhdxLayer {
                     guid: st.header.log_guid,
                     seq: st.log_seq,
                     tail: st.log_pos as u32,
-                    flushed_file_offset: st.file_end,
-                    last_file_offset: st.file_end,
+                    flushed_file_offset: st.space.file_len(),
+                    last_file_offset: st.space.file_len(),
                 },
                 chunk,
             );
@@ -179,22 +190,25 @@ impl VhdxLayer {
         Ok(())
     }
 
-    /// A new zeroed area of `size` bytes, 1 MiB aligned, at the end of the file.
-    pub(crate) fn allocate(&self, st: &mut WriteState, size: u64) -> Result<u64> {
-        let reused = if size == self.geo.block_size {
-            st.free.pop()
-        } else {
-            None
-        };
-        if let Some(off) = reused {
+    /// A new zeroed area of `size` bytes holding `kind`, 1 MiB aligned: a payload block released
+    /// by a discard in this session, or space after everything the space map records (never
+    /// on metadata or live data).
+    pub(crate) fn allocate(&self, st: &mut WriteState, size: u64, kind: SpaceKind) -> Result<u64> {
+        if size == self.geo.block_size
+            && kind == SpaceKind::Data
+            && let Some(off) = st.free.pop()
+        {
+            st.space.claim(off, size, kind)?;
             return Ok(off);
         }
-        let off = st.file_end.div_ceil(MIB) * MIB;
-        let end = off
-            .checked_add(size)
-            .ok_or_else(|| Error::unsupported("file would exceed 2^64 bytes"))?;
-        self.file.set_len(end).io_context("extending the file", off)?;
-        st.file_end = end;
+        let before = st.space.file_len();
+        let off = st.space.allocate(size, MIB, kind, MAX_FILE_SIZE)?;
+        let end = off.saturating_add(size);
+        if let Err(e) = self.file.set_len(end) {
+            st.space.release(off, size);
+            st.space.set_file_len(before);
+            return Err(e).io_context("extending the file", off);
+        }
         Ok(off)
     }
 
@@ -206,8 +220,12 @@ impl VhdxLayer {
     /// Make sure the chunk of `block` has a sector bitmap block.
     fn ensure_bitmap(&self, st: &mut WriteState, txn: &mut Txn, block: u64) -> Result<()> {
         let i = self.geo.bitmap_index(block / self.geo.chunk_ratio);
-        if bat_state(self.entry(txn, i)) != bitmap::PRESENT {
-            let off = self.allocate(st, MIB)?;
+        let state = bat_state(self.entry(txn, i));
+        if state != bitmap::PRESENT && state != bitmap::NOT_PRESENT {
+            return Err(Error::corrupt(format!("BAT entry {i} (sector bitmap) is unusable")).in_structure("BAT"));
+        }
+        if state != bitmap::PRESENT {
+            let off = self.allocate(st, MIB, SpaceKind::Bitmap)?;
             txn.bat.insert(i, bat_entry(bitmap::PRESENT, off));
         }
         Ok(())
@@ -286,6 +304,7 @@ impl VhdxLayer {
             self.file
                 .punch_hole(off, g.block_size)
                 .io_context("releasing a discarded block", off)?;
+            st.space.release(off, g.block_size);
             st.free.push(off);
         }
         Ok(())
@@ -339,7 +358,7 @@ impl VhdxLayer {
                 }
                 payload::PARTIALLY_PRESENT => bat_offset(e),
                 _ => {
-                    let off = self.allocate(&mut st, g.block_size)?;
+                    let off = self.allocate(&mut st, g.block_size, SpaceKind::Data)?;
                     let new_state = if !g.has_parent || state == payload::ZERO || whole {
                         payload::FULLY_PRESENT
                     } else {
@@ -428,12 +447,43 @@ impl VhdxLayer {
     pub(crate) fn truncate_unused(&self, end: u64) -> Result<()> {
         self.check_writable()?;
         let mut st = lock(&self.state);
+        if !st.header.log_guid.is_nil() {
+            // Everything logged is applied; an entry left in the log would ask for the longer
+            // file back (and call the shorter one data loss) if replayed after a crash.
+            self.update_header(&mut st, |h| h.log_guid = MsGuid::NIL)?;
+        }
         self.file.set_len(end).io_context("truncating unused space", end)?;
         self.file.flush().io_context("flushing", end)?;
-        st.file_end = end;
-        let block = self.geo.block_size;
-        st.free.retain(|&off| off + block <= end);
+        forget_past(&mut st, end, self.geo.block_size);
         Ok(())
+    }
+
+    /// Drop every BAT entry the open found unusable (`check -r all`): payload blocks become not
+    /// present (zero in a differencing disk, so the parent does not show through), sector bitmap
+    /// blocks not present; through the log like every metadata change. Returns how many.
+    pub(crate) fn drop_unusable_entries(&self) -> Result<usize> {
+        self.check_writable()?;
+        let g = self.geo;
+        let mut txn = Txn::default();
+        for (i, &e) in read_lock(&self.bat).iter().enumerate() {
+            if e == INVALID_ENTRY {
+                let is_bitmap = (i as u64 + 1).is_multiple_of(g.chunk_ratio + 1);
+                let state = if g.has_parent && !is_bitmap {
+                    payload::ZERO
+                } else {
+                    payload::NOT_PRESENT
+                };
+                txn.bat.insert(i, bat_entry(state, 0));
+            }
+        }
+        let mut st = lock(&self.state);
+        let n = txn.bat.len();
+        if n > 0 {
+            self.begin(&mut st)?;
+            self.commit(&mut st, txn)?;
+        }
+        st.space.clear_conflicts();
+        Ok(n)
     }
 
     /// Flush the file and, once everything logged is applied, mark the log empty.

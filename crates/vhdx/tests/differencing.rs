@@ -104,6 +104,39 @@ fn linkage_is_verified() {
     assert_eq!(e.kind(), ErrorKind::ParentMismatch, "{e}");
 }
 
+/// Rename the child's `parent_linkage` key (same length, so the locator stays well formed): the
+/// child then records no identity for its parent.
+fn strip_linkage(child: &MemStorage) {
+    let key: Vec<u8> = "parent_linkage".encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let bytes = child.to_vec();
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("a parent_linkage key");
+    child.write_at(b"X", (at + key.len() - 2) as u64).unwrap();
+}
+
+#[test]
+fn a_child_without_parent_linkage_needs_an_opt_in() {
+    let parent = Arc::new(MemStorage::new());
+    create_in(&*parent, 4 * MIB, "block_size=1M", None, None).unwrap();
+    let child = Arc::new(MemStorage::new());
+    create_child(&*child, &parent, 4 * MIB, "").unwrap();
+    assert!(open_layer(child.clone(), false).unwrap().parent_identity_recorded());
+    strip_linkage(&child);
+    let layer = open_layer(child.clone(), false).unwrap();
+    assert!(!layer.parent_identity_recorded());
+    let e = open_chain(child.clone(), &parent, false).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ParentMismatch, "{e}");
+    let resolver = Arc::new(MemResolver::new());
+    resolver.insert("parent.vhdx", parent.clone());
+    let opts = OpenOptions {
+        trust_unlinked_parent: true,
+        ..OpenOptions::default().resolver(resolver)
+    };
+    Image::open_chain(layer, None, &opts, &|_, s, ctx| VhdxDriver.open(s, ctx)).unwrap();
+}
+
 #[test]
 fn child_sector_size_must_match() {
     let parent = Arc::new(MemStorage::new());

@@ -287,7 +287,7 @@ fn tables_past_the_end_of_the_file_are_refused() {
 }
 
 #[test]
-fn bat_entries_past_the_end_fail_open_unless_lenient() {
+fn bat_entries_past_the_end_fail_their_reads_and_refuse_writable_opens() {
     let s = create_mem(4 * MIB, "block_size=1M").unwrap();
     {
         let d = open_mem(&s, true).unwrap();
@@ -296,17 +296,14 @@ fn bat_entries_past_the_end_fail_open_unless_lenient() {
     }
     // Our layout puts the BAT at 3 MiB: point block 2 far past the end of the file.
     s.write_at(&((1u64 << 40) | 6).to_le_bytes(), 3 * MIB + 16).unwrap();
-    let e = open_mem(&s, false).unwrap_err();
+    let e = open_mem(&s, true).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt);
     assert!(e.to_string().contains("BAT entry 2"), "{e}");
-    let options = disk_core::OpenOptions {
-        lenient: true,
-        ..disk_core::OpenOptions::default()
-    };
-    let ctx = options.context(None, false);
-    let d = disk_core::Image::single(VhdxDriver.open(s.clone(), &ctx).unwrap(), None);
+    // Read-only: what is sound still reads; the bad block fails; check reports it.
+    let d = open_mem(&s, false).unwrap();
     let report = d.top().check(disk_core::Repair::None).unwrap();
     assert_eq!(report.corruptions.len(), 1, "{report:?}");
+    assert!(report.corruptions[0].contains("past the end of the file"), "{report:?}");
     let mut buf = [0u8; 512];
     d.read(0, &mut buf).unwrap();
     assert_eq!(buf, [9u8; 512]);
