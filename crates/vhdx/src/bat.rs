@@ -48,6 +48,9 @@ pub(crate) struct Survey {
     pub space: SpaceMap,
     /// The problems found (entries made unusable, structures overlapping).
     pub problems: Findings,
+    /// The first overlap between the image's own structures (header section, log, metadata,
+    /// BAT): no repair of BAT entries fixes that, so writes stay refused.
+    pub structural: Option<String>,
 }
 
 impl Survey {
@@ -100,6 +103,7 @@ pub(crate) fn survey(
 ) -> Survey {
     let mut space = SpaceMap::new(file_len);
     let mut problems = Findings::new();
+    let mut structural = None;
     let structures = [
         (0, REGION_TABLE1_OFFSET, SpaceKind::Header),
         (
@@ -119,6 +123,7 @@ pub(crate) fn survey(
     for (start, len, kind) in structures {
         if let Err(c) = space.claim(start, len, kind) {
             problems.push(c.to_string());
+            structural.get_or_insert_with(|| c.to_string());
             space.note(c);
         }
     }
@@ -161,7 +166,11 @@ pub(crate) fn survey(
     }
     if !meta.has_parent {
         // Sector bitmap entries mean nothing without a parent.
-        return Survey { space, problems };
+        return Survey {
+            space,
+            problems,
+            structural,
+        };
     }
     for chunk in 0..g.bitmap_blocks {
         let i = g.bitmap_index(chunk);
@@ -203,5 +212,9 @@ pub(crate) fn survey(
             );
         }
     }
-    Survey { space, problems }
+    Survey {
+        space,
+        problems,
+        structural,
+    }
 }

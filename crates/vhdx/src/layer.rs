@@ -77,6 +77,9 @@ pub struct VhdxLayer {
     /// Set when a metadata update failed midway: the file's state is then unknown, so further
     /// changes are refused until the image is reopened (which replays the log).
     pub(crate) poisoned: AtomicBool,
+    /// Set when the image's own structures overlap (found on open): changes are refused even
+    /// in repair mode, as the log or a table would be written over another structure.
+    pub(crate) structural: Option<String>,
     /// Set after a resize: this handle's geometry is out of date; reopen the image.
     pub(crate) stale: AtomicBool,
     pub(crate) parent: Option<ParentRef>,
@@ -221,6 +224,7 @@ impl VhdxLayer {
             }),
             session_started: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
+            structural: survey.structural,
             stale: AtomicBool::new(false),
             parent,
             meta,

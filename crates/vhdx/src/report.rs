@@ -56,7 +56,9 @@ pub(crate) fn info(l: &VhdxLayer) -> LayerInfo {
 pub(crate) fn check(l: &VhdxLayer, repair: Repair) -> Result<CheckReport> {
     let mut r = CheckReport::default();
     let g = &l.geo;
-    let fix = repair == Repair::All && l.writable;
+    // Nothing can be changed in an image whose own structures overlap.
+    let changeable = l.writable && l.structural.is_none();
+    let fix = repair == Repair::All && changeable;
     for (slot, ok) in l.headers_valid.iter().enumerate() {
         if *ok {
             continue;
@@ -153,7 +155,7 @@ pub(crate) fn check(l: &VhdxLayer, repair: Repair) -> Result<CheckReport> {
             "{} bytes after the last used block are not referenced",
             file_len.saturating_sub(keep)
         );
-        if repair != Repair::None && l.writable {
+        if repair != Repair::None && changeable {
             l.truncate_unused(keep)?;
             r.repaired.push(what);
         } else {

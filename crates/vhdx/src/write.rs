@@ -81,6 +81,11 @@ impl VhdxLayer {
                 "an earlier metadata update failed; reopen the image to recover it from its log",
             ));
         }
+        if let Some(overlap) = &self.structural {
+            return Err(Error::corrupt(format!(
+                "{overlap}: the image's structures overlap, so it cannot be changed"
+            )));
+        }
         Ok(())
     }
 

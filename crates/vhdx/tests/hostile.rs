@@ -292,3 +292,39 @@ fn cutting_leaked_space_leaves_no_log_asking_for_it_back() {
     assert_eq!(buf, [1u8; 512]);
     assert!(d.top().check(Repair::None).unwrap().is_clean());
 }
+
+/// Rewrite both headers through `edit`, fixing their checksums.
+fn edit_headers(s: &MemStorage, edit: impl Fn(&mut [u8])) {
+    for off in [64 * 1024u64, 128 * 1024] {
+        let mut h = vec![0u8; 4096];
+        s.read_at(&mut h, off).unwrap();
+        edit(&mut h);
+        h[4..8].fill(0);
+        let crc = crc32c::crc32c(&h);
+        h[4..8].copy_from_slice(&crc.to_le_bytes());
+        s.write_at(&h, off).unwrap();
+    }
+}
+
+#[test]
+fn a_log_on_the_metadata_region_refuses_writes_even_after_repair() {
+    let (s, contents) = image_with_blocks();
+    let (_, meta) = regions(&s);
+    // The (empty) log moved onto the metadata region: its next entry would overwrite it.
+    edit_headers(&s, |h| h[72..80].copy_from_slice(&meta.to_le_bytes()));
+    let e = open_mem(&s, true).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("overlaps the log"), "{e}");
+    let d = open_mem(&s, false).unwrap();
+    assert_eq!(read_all(&d), contents);
+    drop(d);
+    // Dropping BAT entries cannot fix it: still reported, still refused.
+    let d = open_with(&s, true, true).unwrap();
+    let report = d.top().check(Repair::All).unwrap();
+    assert_eq!((report.corruptions.len(), report.repaired.len()), (1, 0), "{report:?}");
+    let before = s.to_vec();
+    assert_eq!(d.write(5 * 2048, &[1u8; 512]).unwrap_err().kind(), ErrorKind::Corrupt);
+    assert!(s.to_vec() == before, "nothing written through the overlapping log");
+    drop(d);
+    assert_eq!(open_mem(&s, true).unwrap_err().kind(), ErrorKind::Corrupt);
+}
