@@ -3,6 +3,8 @@
 //! The descriptor is kept as its lines, so rewriting it (a new CID, a new parent) changes only the
 //! lines touched: comments, blank lines, unknown keys, quoting and CRLF line ends survive.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use disk_core::{Error, Result};
 use std::fmt::Write as _;
 
@@ -147,11 +149,7 @@ fn corrupt(msg: impl Into<String>) -> Error {
 /// Strip one pair of surrounding double quotes.
 fn unquote(v: &str) -> &str {
     let v = v.trim();
-    if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
-        &v[1..v.len() - 1]
-    } else {
-        v
-    }
+    v.strip_prefix('"').and_then(|i| i.strip_suffix('"')).unwrap_or(v)
 }
 
 fn parse_extent(line: &str, number: usize) -> Result<ExtentLine> {
@@ -170,7 +168,7 @@ fn parse_extent(line: &str, number: usize) -> Result<ExtentLine> {
     let t = rest.trim();
     let (file, tail) = if let Some(q) = t.strip_prefix('"') {
         let end = q.find('"').ok_or_else(|| bad("unterminated file name"))?;
-        (Some(q[..end].to_string()), q[end + 1..].trim())
+        (Some(q[..end].to_string()), q[end..].get(1..).unwrap_or("").trim())
     } else if t.is_empty() {
         (None, "")
     } else {
@@ -220,12 +218,12 @@ impl Descriptor {
             if t.is_empty() || t.starts_with('#') {
                 lines.push(Line::Verbatim(line.to_string()));
             } else if Access::parse(first).is_some() {
-                extents += 1;
+                extents = extents.saturating_add(1);
                 if extents > MAX_EXTENTS {
                     return Err(corrupt(format!("more than {MAX_EXTENTS} extents")));
                 }
                 lines.push(Line::Extent {
-                    extent: parse_extent(t, i + 1)?,
+                    extent: parse_extent(t, i.saturating_add(1))?,
                     raw: Some(line.to_string()),
                 });
             } else if let Some((k, v)) = t.split_once('=') {
@@ -293,7 +291,7 @@ impl Descriptor {
                 .lines
                 .iter()
                 .rposition(|l| matches!(l, Line::Entry { key, .. } if !key.starts_with("ddb.")))
-                .map_or(self.lines.len(), |i| i + 1);
+                .map_or(self.lines.len(), |i| i.saturating_add(1));
             self.lines.insert(at, entry);
         }
     }
@@ -337,7 +335,7 @@ impl Descriptor {
         self.lines.retain(|l| !matches!(l, Line::Extent { .. }));
         for (i, e) in extents.iter().enumerate() {
             self.lines.insert(
-                at + i,
+                at.saturating_add(i),
                 Line::Extent {
                     extent: e.clone(),
                     raw: None,

@@ -220,6 +220,21 @@ impl VmdkLayer {
     }
 }
 
+impl Drop for VmdkLayer {
+    /// A stream-optimized session is finalised when the image is dropped without a flush (a
+    /// later command failed, the caller returned early): grains already appended have replaced
+    /// the empty directory and footer, so without this the acknowledged writes would be lost
+    /// and the file unreadable. Errors cannot be reported here; `flush` reports them.
+    fn drop(&mut self) {
+        if let (Some(w), Some(slot)) = (&self.stream, self.extents.first())
+            && let Extent::Sparse(s) = &slot.extent
+            && w.finish(s).is_ok()
+        {
+            let _ = s.storage.flush();
+        }
+    }
+}
+
 /// Byte offset of extent sector `local` in a flat extent file whose data starts at `offset`
 /// (the opener checked that the extent's end fits; a damaged value is an error, never a wrap).
 fn flat_at(offset: u64, local: u64) -> Result<u64> {

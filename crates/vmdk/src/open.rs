@@ -1,5 +1,7 @@
 //! Opening a VMDK: the sparse/COWD/seSparse headers, the descriptor and every extent.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use crate::descriptor::{Access, Descriptor, ExtentType, MAX_DESCRIPTOR_BYTES, looks_like_descriptor};
 use crate::format::{
     self, CowdHeader, SECTOR, SeSparseConstHeader, SeSparseVolatileHeader, SparseExtentHeader, StreamFooter,
@@ -64,7 +66,7 @@ fn open_kdmv(storage: Arc<dyn Storage>, len: u64) -> Result<OpenedSparse> {
         if len < 1536 + SECTOR {
             return Err(Error::corrupt("stream-optimized extent is too short for a footer").in_structure("footer"));
         }
-        let at = len - 1536;
+        let at = len.saturating_sub(1536);
         let footer: StreamFooter = read_struct(&*storage, at, "footer")?;
         if footer.footer_marker.marker_type.get() != format::MARKER_FOOTER
             || footer.footer.magic_number.get() != format::SPARSE_MAGIC

@@ -1,6 +1,8 @@
 //! Grain-directory/grain-table extents: hosted sparse (KDMV, incl. stream-optimized), COWD
 //! (vmfsSparse) and seSparse. Reads, grain allocation and the bounded grain-table cache.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use crate::format::{self, SECTOR};
 use disk_core::mapping::{Mapping, Run, read_mapped};
 use disk_core::{Disk, Error, IoResultExt, Result, SpaceKind, SpaceMap, Storage};
@@ -119,8 +121,8 @@ impl SparseExtent {
     /// and entries that point past the end of the file or onto other structures are marked
     /// unusable (see [`SparseExtent::conflicts`]).
     pub fn new(storage: Arc<dyn Storage>, layout: Layout, file_len: u64) -> Result<Self> {
-        let gt_bytes = (layout.gtes * 8).max(1);
-        let cache_max = usize::try_from((GT_CACHE_BYTES / gt_bytes).max(16)).unwrap_or(16);
+        let gt_bytes = layout.gtes.saturating_mul(8).max(1);
+        let cache_max = usize::try_from(GT_CACHE_BYTES.checked_div(gt_bytes).unwrap_or(0).max(16)).unwrap_or(16);
         let extent = SparseExtent {
             storage,
             flavor: layout.flavor,
@@ -170,7 +172,8 @@ impl SparseExtent {
 
     /// Bytes per grain.
     pub fn grain_bytes(&self) -> u64 {
-        self.grain * SECTOR
+        // At most 2^15 sectors (`check_layout`).
+        self.grain.saturating_mul(SECTOR)
     }
 
     /// Whether grains can be written in place and allocated (uncompressed hosted sparse).
@@ -184,7 +187,8 @@ impl SparseExtent {
     }
 
     fn gt_bytes(&self) -> u64 {
-        self.gtes * self.entry_size
+        // At most 2^16 entries of 8 bytes (`check_layout`).
+        self.gtes.saturating_mul(self.entry_size)
     }
 
     /// Byte offset of grain table `i` (from GD entry `entry`), if allocated.
@@ -278,6 +282,11 @@ impl SparseExtent {
 
     /// Where grain `g` lives, and for how many grains from `g` the answer is the same without
     /// looking further (a whole missing grain table answers at once; otherwise 1).
+    // Sector arithmetic on a validated layout: `lba < capacity` (callers check ranges) and
+    // `capacity * 512` fits in 64 bits, grains are at most 2^15 sectors and tables 2^16 entries
+    // (`check_layout`), grain offsets come from `decode` (checked) and lie inside the file (space
+    // map), and buffer offsets stay below the buffer's length.
+    #[allow(clippy::arithmetic_side_effects)]
     fn lookup_span(&self, g: u64) -> Result<(GrainLoc, u64)> {
         let Some(table) = self.table(g / self.gtes)? else {
             return Ok((GrainLoc::Unallocated, self.gtes - g % self.gtes));
@@ -335,6 +344,11 @@ impl SparseExtent {
 
     /// The run starting at extent sector `lba` (at most `max` sectors) with one mapping,
     /// merging grains stored contiguously.
+    // Sector arithmetic on a validated layout: `lba < capacity` (callers check ranges) and
+    // `capacity * 512` fits in 64 bits, grains are at most 2^15 sectors and tables 2^16 entries
+    // (`check_layout`), grain offsets come from `decode` (checked) and lie inside the file (space
+    // map), and buffer offsets stay below the buffer's length.
+    #[allow(clippy::arithmetic_side_effects)]
     pub fn run(&self, lba: u64, max: u64) -> Result<(GrainLoc, u64)> {
         if lba >= self.capacity {
             return Ok((GrainLoc::Unallocated, max));
@@ -367,6 +381,11 @@ impl SparseExtent {
     }
 
     /// Read extent sectors from `lba` into `buf`; `global` is the disk LBA of `lba` (for `below`).
+    // Sector arithmetic on a validated layout: `lba < capacity` (callers check ranges) and
+    // `capacity * 512` fits in 64 bits, grains are at most 2^15 sectors and tables 2^16 entries
+    // (`check_layout`), grain offsets come from `decode` (checked) and lie inside the file (space
+    // map), and buffer offsets stay below the buffer's length.
+    #[allow(clippy::arithmetic_side_effects)]
     pub fn read(&self, lba: u64, buf: &mut [u8], global: u64, below: &dyn Disk) -> Result<()> {
         if !self.compressed() {
             return read_mapped(global, buf, SECTOR as u32, &*self.storage, below, |at, max| {
@@ -392,7 +411,7 @@ impl SparseExtent {
         let grains: Vec<(u64, u64)> = runs
             .iter()
             .filter_map(|&(d, _, loc)| match loc {
-                GrainLoc::Compressed(o) => Some((o, (lba + d) / self.grain)),
+                GrainLoc::Compressed(o) => Some((o, lba.saturating_add(d) / self.grain)),
                 _ => None,
             })
             .collect();
@@ -435,6 +454,7 @@ impl SparseExtent {
             return Ok(data.clone());
         }
         let gb = self.grain_bytes();
+        let limit = gb.saturating_mul(2).saturating_add(4096);
         let markers = matches!(self.flavor, Flavor::Kdmv { markers: true, .. });
         let bad = |why: String| Error::corrupt(format!("compressed grain {g}: {why}")).at_offset(offset);
         let (start, len) = if markers {
@@ -443,11 +463,11 @@ impl SparseExtent {
                 .read_at(&mut m, offset)
                 .io_context("reading a grain marker", offset)?;
             let size = u64::from(u32::from_le_bytes([m[8], m[9], m[10], m[11]]));
-            (offset + 12, size)
+            (offset.saturating_add(12), size)
         } else {
-            (offset, (gb * 2 + 4096).min(self.file_len().saturating_sub(offset)))
+            (offset, limit.min(self.file_len().saturating_sub(offset)))
         };
-        if len == 0 || len > gb * 2 + 4096 || start.checked_add(len).is_none_or(|e| e > self.file_len()) {
+        if len == 0 || len > limit || start.checked_add(len).is_none_or(|e| e > self.file_len()) {
             return Err(bad(format!("compressed size {len} is invalid")));
         }
         let mut packed = vec![0u8; len as usize];
@@ -466,6 +486,11 @@ impl SparseExtent {
     /// Write extent sectors from `lba`; `global` is their disk LBA. Grains not yet allocated are
     /// allocated at the end of the file: data first, a flush, then the grain tables (primary
     /// and redundant) and, for new tables, the directories.
+    // Sector arithmetic on a validated layout: `lba < capacity` (callers check ranges) and
+    // `capacity * 512` fits in 64 bits, grains are at most 2^15 sectors and tables 2^16 entries
+    // (`check_layout`), grain offsets come from `decode` (checked) and lie inside the file (space
+    // map), and buffer offsets stay below the buffer's length.
+    #[allow(clippy::arithmetic_side_effects)]
     pub fn write(&self, lba: u64, buf: &[u8], global: u64, below: &dyn Disk) -> Result<()> {
         if !matches!(self.flavor, Flavor::Kdmv { compressed: false, .. }) {
             return Err(Error::unsupported(
@@ -550,6 +575,11 @@ impl SparseExtent {
 
     /// Point grain `g`'s entry at `value` in the primary and redundant grain tables, allocating
     /// the tables if the directory has none for it.
+    // Sector arithmetic on a validated layout: `lba < capacity` (callers check ranges) and
+    // `capacity * 512` fits in 64 bits, grains are at most 2^15 sectors and tables 2^16 entries
+    // (`check_layout`), grain offsets come from `decode` (checked) and lie inside the file (space
+    // map), and buffer offsets stay below the buffer's length.
+    #[allow(clippy::arithmetic_side_effects)]
     fn set_entry(&self, alloc: &mut Alloc, g: u64, value: u64) -> Result<()> {
         let gd_index = g / self.gtes;
         let idx = usize::try_from(gd_index).map_err(|_| Error::corrupt("grain index overflows"))?;
@@ -658,7 +688,7 @@ impl SparseExtent {
                 continue;
             }
             self.set_entry(&mut alloc, i, u64::from(zero))?;
-            i += 1;
+            i = i.saturating_add(1);
         }
         Ok(())
     }

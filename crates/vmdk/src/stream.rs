@@ -7,6 +7,8 @@
 //! opened for writing in this mode; `convert` then fills it front to back. A write before a
 //! grain already written is refused: stream images cannot be rewritten in place.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use crate::format::{self, GrainMarker, MetaDataMarker, SECTOR, SparseExtentHeader};
 use crate::sparse::SparseExtent;
 use disk_core::{Allocation, BlockStatus, Disk, Error, IoResultExt, Result};
@@ -52,6 +54,12 @@ pub(crate) fn le_bytes(entries: &[u32]) -> Vec<u8> {
     entries.iter().flat_map(|e| e.to_le_bytes()).collect()
 }
 
+// Stream writing works on an image this crate created (see `attach`): its layout was validated
+// on open (`capacity * 512` fits in 64 bits, grains at most 2^15 sectors, tables at most 2^16
+// entries, directory at most 64 MiB), sector numbers are `lba < capacity` (callers check ranges)
+// and positions grow by records of at most a few grains up to a 2 TiB limit enforced by the
+// 32-bit table entries (`u32::try_from`), so no sum or product here comes near 2^64.
+#[allow(clippy::arithmetic_side_effects)]
 /// A grain compressed with its marker, padded to whole sectors.
 pub(crate) fn compress_grain(lba: u64, data: &[u8]) -> Vec<u8> {
     let packed = miniz_oxide::deflate::compress_to_vec_zlib(data, LEVEL);
@@ -65,11 +73,23 @@ pub(crate) fn compress_grain(lba: u64, data: &[u8]) -> Vec<u8> {
     out
 }
 
+// Stream writing works on an image this crate created (see `attach`): its layout was validated
+// on open (`capacity * 512` fits in 64 bits, grains at most 2^15 sectors, tables at most 2^16
+// entries, directory at most 64 MiB), sector numbers are `lba < capacity` (callers check ranges)
+// and positions grow by records of at most a few grains up to a 2 TiB limit enforced by the
+// 32-bit table entries (`u32::try_from`), so no sum or product here comes near 2^64.
+#[allow(clippy::arithmetic_side_effects)]
 /// Compress many grains on all cores, keeping their order.
 fn compress_all(grains: &[(u64, Vec<u8>)], grain_sectors: u64) -> Vec<Vec<u8>> {
     crate::parallel::map_in_order(grains, 2, |(g, d)| compress_grain(g * grain_sectors, d))
 }
 
+// Stream writing works on an image this crate created (see `attach`): its layout was validated
+// on open (`capacity * 512` fits in 64 bits, grains at most 2^15 sectors, tables at most 2^16
+// entries, directory at most 64 MiB), sector numbers are `lba < capacity` (callers check ranges)
+// and positions grow by records of at most a few grains up to a 2 TiB limit enforced by the
+// 32-bit table entries (`u32::try_from`), so no sum or product here comes near 2^64.
+#[allow(clippy::arithmetic_side_effects)]
 impl StreamWriter {
     /// Stream mode for `s` if it is an empty stream image whose metadata sits at the end
     /// (what [`crate::create`] writes); `None` otherwise.

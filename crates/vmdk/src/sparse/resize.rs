@@ -9,6 +9,11 @@
 //! the header is written. Shrinking only writes the header: grains past the
 //! end stay in the file, unreferenced by the smaller disk, and are cleaned if it grows again.
 
+// Size arithmetic of a resize: the extent was opened writable (its space map has no conflicts),
+// capacities are at most 2 TiB (`VmdkLayer::size_limit`, checked by the caller) and directories
+// at most 64 MiB, so every offset and count here is far below 2^64.
+#![allow(clippy::arithmetic_side_effects)]
+
 use super::{Flavor, GrainLoc, SparseExtent};
 use crate::format::{SECTOR, SparseExtentHeader};
 use disk_core::{Error, IoResultExt, Result};
