@@ -12,7 +12,9 @@ use std::sync::Arc;
 /// [`disk_resize::resize`] for the checks made before anything is written.
 ///
 /// Extent files a shrink leaves out of a multi-file image (split VMDK) are deleted afterwards
-/// (plain `*.vmdk` names in the image's directory only).
+/// (plain `*.vmdk` names in the image's directory only), and only once the resized image has
+/// been reopened and shown not to use them: a file it still names (under any spelling) is never
+/// deleted, and when it cannot be reopened nothing is deleted and the error is returned.
 pub fn resize(
     path: impl AsRef<Path>,
     change: SizeChange,
@@ -20,21 +22,32 @@ pub fn resize(
     open: &OpenOptions,
 ) -> Result<Resized> {
     let path = path.as_ref();
-    let before = extent_files(path, options.format, open);
+    let before = extent_files(path, options.format, open).unwrap_or_default();
     let resized = if is_descriptor_file(path, options.format) {
         resize_through_copy(path, change, options, open)?
     } else {
         disk_resize::resize(path, change, options, open, &|f| driver(f))?
     };
-    if resized.new_size < resized.old_size {
-        let after = extent_files(path, Some(resized.format), open);
-        let me = path.canonicalize().ok();
+    if resized.new_size < resized.old_size && !before.is_empty() {
+        let after = extent_files(path, Some(resized.format), open).map_err(|e| {
+            Error::new(
+                e.kind(),
+                format!(
+                    "the image was resized but cannot be reopened, so no extent file was deleted: {}",
+                    e.message()
+                ),
+            )
+            .with_file(path)
+        })?;
+        let canonical = |f: &str| recorded_to_path(f, Some(path)).and_then(|p| p.canonicalize().ok());
+        let mut kept: Vec<_> = after.iter().filter_map(|f| canonical(f)).collect();
+        kept.extend(path.canonicalize().ok());
         // Only plain `*.vmdk` names beside the image: a descriptor naming other host files
         // never gets them deleted.
         let plain = |f: &&String| !f.contains(['/', '\\', ':']) && f.ends_with(".vmdk") && !f.starts_with('.');
         for dropped in before.iter().filter(|f| !after.contains(f)).filter(plain) {
-            if let Some(p) = recorded_to_path(dropped, Some(path))
-                && p.canonicalize().ok() != me
+            if let Some(p) = canonical(dropped)
+                && !kept.contains(&p)
             {
                 let _ = std::fs::remove_file(p);
             }
@@ -118,11 +131,10 @@ fn strip_temp(e: Error, path: &Path) -> Error {
     Error::new(e.kind(), text).with_file(path)
 }
 
-/// The extent file names an image's `info` lists (none for single-file formats).
-fn extent_files(path: &Path, format: Option<Format>, options: &OpenOptions) -> Vec<String> {
-    let Ok(image) = open_single(path, format, false, options) else {
-        return Vec::new();
-    };
+/// The extent file names an image's `info` lists (none for single-file formats), or why the
+/// image cannot be opened.
+fn extent_files(path: &Path, format: Option<Format>, options: &OpenOptions) -> Result<Vec<String>> {
+    let image = open_single(path, format, false, options)?;
     let mut out = Vec::new();
     for (key, value) in image.info().specific {
         if key != "extents" {
@@ -140,7 +152,7 @@ fn extent_files(path: &Path, format: Option<Format>, options: &OpenOptions) -> V
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Open only the image at `path` (no parents), writable or not.

@@ -132,3 +132,43 @@ fn commit_in_a_deeper_chain_keeps_every_view() {
         assert!(middle_view != top_view);
     }
 }
+
+#[test]
+fn shrink_refuses_a_descriptor_it_cannot_rewrite_and_keeps_every_extent() {
+    // An unquoted extent name with a '"' parses, but the writer would quote it into another
+    // name: the old code rewrote the descriptor, could not reopen it, then deleted every extent.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.vmdk");
+    let mut c = CreateOptions::new(Format::Vmdk, 5 << 30);
+    c.options = vdisk::Options::parse("subformat=twoGbMaxExtentSparse").unwrap();
+    vdisk::create(&path, &c).unwrap();
+    std::fs::rename(dir.path().join("s-s001.vmdk"), dir.path().join("x\"s001.vmdk")).unwrap();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"s-s001.vmdk\"", "x\"s001.vmdk");
+    std::fs::write(&path, &text).unwrap();
+    let before: Vec<_> = {
+        let mut v: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(before.len(), 4);
+    let options = vdisk::disk_resize::ResizeOptions {
+        shrink: true,
+        allow_data_loss: true,
+        format: None,
+    };
+    let open = OpenOptions::new().resolver(std::sync::Arc::new(FsResolver::new(FsPolicy::SameDirectory)));
+    let e = vdisk::resize(&path, vdisk::disk_resize::SizeChange::To(1 << 30), &options, &open).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    let mut after: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    after.sort();
+    assert_eq!(after, before);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+}

@@ -376,6 +376,59 @@ impl Descriptor {
         self.get("parentFileNameHint").filter(|s| !s.is_empty())
     }
 
+    /// [`Descriptor::render`], refused unless parsing the text gives back the same entries and
+    /// extents: a value or file name the writer cannot express (a `"` in a file name, a line
+    /// break) must never turn into a different descriptor on disk.
+    pub fn render_checked(&self) -> Result<String> {
+        let text = self.render();
+        self.same_as_parsed(&text)?;
+        Ok(text)
+    }
+
+    /// Refuse a descriptor some line of which would change meaning if it were rewritten
+    /// (every line rendered afresh, as a change of extents or keys renders them). Call this
+    /// before changing anything that will be recorded in the descriptor.
+    pub fn check_rewritable(&self) -> Result<()> {
+        let mut fresh = self.clone();
+        for l in &mut fresh.lines {
+            match l {
+                Line::Entry { raw, .. } | Line::Extent { raw, .. } => *raw = None,
+                Line::Verbatim(_) => {}
+            }
+        }
+        fresh.same_as_parsed(&fresh.render())
+    }
+
+    fn same_as_parsed(&self, text: &str) -> Result<()> {
+        let back = Descriptor::parse(text.as_bytes()).map_err(|e| {
+            Error::unsupported(format!(
+                "the descriptor cannot be written back faithfully ({}); nothing was changed",
+                e.message()
+            ))
+            .in_structure("descriptor")
+        })?;
+        let entries = |d: &Descriptor| {
+            d.entries()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let extents = |d: &Descriptor| d.extents().into_iter().cloned().collect::<Vec<_>>();
+        if entries(&back) != entries(self) || extents(&back) != extents(self) {
+            let bad = extents(self)
+                .into_iter()
+                .zip(extents(&back).into_iter().map(Some).chain(std::iter::repeat(None)))
+                .find(|(a, b)| Some(a) != b.as_ref())
+                .map(|(a, _)| format!("extent '{}'", a.file.unwrap_or_default()))
+                .unwrap_or_else(|| "an entry".into());
+            return Err(Error::unsupported(format!(
+                "the descriptor cannot be written back faithfully: {bad} has a name or value the \
+                 descriptor syntax cannot express (a quote or a line break); nothing was changed"
+            ))
+            .in_structure("descriptor"));
+        }
+        Ok(())
+    }
+
     /// Render the descriptor, with the line ends it was read with.
     pub fn render(&self) -> String {
         let nl = if self.crlf { "\r\n" } else { "\n" };
@@ -453,6 +506,23 @@ mod tests {
         assert!(out.ends_with("ddb.uuid = \"abc\"\r\n"));
         let again = Descriptor::parse(out.as_bytes()).unwrap();
         assert_eq!(again.parent_hint(), Some("p.vmdk"));
+    }
+
+    #[test]
+    fn names_the_writer_cannot_express_are_refused() {
+        let text = "# Disk DescriptorFile\nCID=1\ncreateType=\"twoGbMaxExtentSparse\"\nRW 8 SPARSE a\"b.vmdk\nRW 8 SPARSE \"c.vmdk\"\n";
+        let mut d = Descriptor::parse(text.as_bytes()).unwrap();
+        assert_eq!(d.extents()[0].file.as_deref(), Some("a\"b.vmdk"));
+        // Untouched, it renders verbatim; rewritten, the name would change.
+        assert_eq!(d.render_checked().unwrap(), text);
+        assert!(d.check_rewritable().is_err());
+        let lines: Vec<ExtentLine> = d.extents().into_iter().cloned().collect();
+        d.set_extents(&lines[..1]);
+        assert!(d.render_checked().is_err());
+        let mut ok = Descriptor::parse(QEMU.as_bytes()).unwrap();
+        ok.check_rewritable().unwrap();
+        ok.set("parentFileNameHint", "x\ny");
+        assert!(ok.render_checked().is_err());
     }
 
     #[test]

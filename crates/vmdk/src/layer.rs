@@ -275,7 +275,7 @@ fn below_zero_run(below: &dyn Disk, lba: u64, count: u64) -> Result<(bool, u64)>
 
 /// Write `desc` back where it came from.
 pub(crate) fn write_descriptor(home: &DescriptorHome, desc: &Descriptor) -> Result<()> {
-    let text = desc.render().into_bytes();
+    let text = desc.render_checked()?.into_bytes();
     match home {
         DescriptorHome::Embedded { storage, offset, size } => {
             if text.len() as u64 > *size {

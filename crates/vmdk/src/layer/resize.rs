@@ -22,7 +22,7 @@ use disk_core::{Error, FileCreator, IoResultExt, NewParent, Result};
 /// Write `desc` where it lives, as one write no shorter than `old_len` bytes (blank lines pad it),
 /// and for an embedded descriptor only the sectors that change.
 fn rewrite_descriptor(home: &DescriptorHome, desc: &Descriptor, old_len: usize) -> Result<()> {
-    let mut text = desc.render().into_bytes();
+    let mut text = desc.render_checked()?.into_bytes();
     if text.len() < old_len {
         text.resize(old_len, b'\n');
     }
@@ -116,6 +116,8 @@ impl VmdkLayer {
                 "this VMDK has no descriptor to record the new size in",
             ));
         };
+        // Refused before anything changes if the rewritten descriptor would not say the same.
+        desc.check_rewritable()?;
         let old_len = desc.render().len();
         let mut lines: Vec<ExtentLine> = desc.extents().into_iter().cloned().collect();
         if lines.len() != self.extents.len() {
@@ -264,6 +266,8 @@ impl VmdkLayer {
             return Err(Error::unsupported("streamOptimized images cannot have a parent"));
         }
         let old_len = desc.render().len();
+        // Changed on a copy: a descriptor that cannot be written leaves this handle as it was.
+        let mut new = desc.clone();
         match parent {
             Some(p) => {
                 let Some(vmdk) = p.layer.as_any().downcast_ref::<VmdkLayer>() else {
@@ -272,14 +276,16 @@ impl VmdkLayer {
                         p.layer.format()
                     )));
                 };
-                desc.set("parentCID", &format!("{:08x}", vmdk.cid()));
-                desc.set("parentFileNameHint", p.recorded);
+                new.set("parentCID", &format!("{:08x}", vmdk.cid()));
+                new.set("parentFileNameHint", p.recorded);
             }
             None => {
-                desc.set("parentCID", &format!("{NO_PARENT_CID:08x}"));
-                desc.remove("parentFileNameHint");
+                new.set("parentCID", &format!("{NO_PARENT_CID:08x}"));
+                new.remove("parentFileNameHint");
             }
         }
-        rewrite_descriptor(&self.home, desc, old_len)
+        rewrite_descriptor(&self.home, &new, old_len)?;
+        *desc = new;
+        Ok(())
     }
 }
