@@ -79,6 +79,21 @@ impl Survey {
 /// End of the region tables; the header section's reserved space follows.
 const REGION_TABLES_END: u64 = REGION_TABLE2_OFFSET + REGION_TABLE_SIZE as u64;
 
+/// Record the space that blocks not stored (zero, unmapped, undefined) still name, where it is
+/// free: the specification lets an unmapped block keep its space, which is then not leaked.
+/// After every stored block, and never a problem (the engine does not use these offsets).
+fn claim_retained(space: &mut SpaceMap, bat: &[u64], g: &Geometry, file_len: u64) {
+    for block in 0..g.data_blocks {
+        let e = bat[g.payload_index(block)];
+        let off = bat_offset(e);
+        let retains = matches!(bat_state(e), payload::ZERO | payload::UNMAPPED | payload::UNDEFINED);
+        if retains && off >= HEADER_SECTION_SIZE {
+            let len = g.block_size.min(file_len.saturating_sub(off));
+            let _ = space.claim(off, len, SpaceKind::Data);
+        }
+    }
+}
+
 /// How the message of a problem with one BAT entry starts (other problems are structures that
 /// overlap).
 pub(crate) const ENTRY_PROBLEM: &str = "BAT entry ";
@@ -166,6 +181,7 @@ pub(crate) fn survey(
     }
     if !meta.has_parent {
         // Sector bitmap entries mean nothing without a parent.
+        claim_retained(&mut space, bat, g, file_len);
         return Survey {
             space,
             problems,
@@ -198,6 +214,7 @@ pub(crate) fn survey(
             ),
         }
     }
+    claim_retained(&mut space, bat, g, file_len);
     for block in 0..g.data_blocks {
         let i = g.payload_index(block);
         let chunk = block.checked_div(g.chunk_ratio).unwrap_or(0);

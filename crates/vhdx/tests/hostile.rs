@@ -328,3 +328,21 @@ fn a_log_on_the_metadata_region_refuses_writes_even_after_repair() {
     drop(d);
     assert_eq!(open_mem(&s, true).unwrap_err().kind(), ErrorKind::Corrupt);
 }
+
+#[test]
+fn an_unmapped_block_keeping_its_space_is_not_a_leak() {
+    let (s, _) = image_with_blocks();
+    let block3 = bat_entry(&s, 3);
+    // Unmapped, its file offset kept (as the specification allows): its old data stays.
+    set_bat_entry(&s, 3, (block3 & !7) | 3);
+    let d = open_mem(&s, false).unwrap();
+    assert!(d.top().check(Repair::None).unwrap().is_clean());
+    assert!(read_block(&d, 3).unwrap().iter().all(|&b| b == 0));
+    // The same space named by a stored block too: the stored block wins, nothing is reported.
+    drop(d);
+    set_bat_entry(&s, 6, block3);
+    let d = open_mem(&s, false).unwrap();
+    let report = d.top().check(Repair::None).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(read_block(&d, 6).unwrap()[7 * 512], 0x33);
+}
