@@ -174,6 +174,9 @@ impl SparseExtent {
         let grains = self.capacity.div_ceil(self.grain);
         let gb = self.grain_bytes();
         let mut allocated = 0u64;
+        // Grains stored one after another are recorded as one range (one map operation for a
+        // sequentially written table); a run that conflicts is recorded grain by grain.
+        let mut run: Vec<(u64, u64)> = Vec::new();
         for (t, off) in sound {
             let table = self.read_entries(off)?;
             for (j, &e) in (0u64..).zip(&table) {
@@ -184,10 +187,17 @@ impl SparseExtent {
                 else {
                     break;
                 };
-                let what = || format!("grain {g} (grain table {t}, entry {j})");
                 let claimed = match self.decode(g, e) {
                     Ok(GrainLoc::Unallocated | GrainLoc::Zero) => continue,
-                    Ok(GrainLoc::Data(o)) => space.claim(o, gb, SpaceKind::Data),
+                    Ok(GrainLoc::Data(o)) => {
+                        let follows = run.last().is_some_and(|&(_, last)| last.checked_add(gb) == Some(o));
+                        if !follows {
+                            self.claim_grains(t, &run, &mut space, &mut bad, &mut note, &mut allocated);
+                            run.clear();
+                        }
+                        run.push((j, o));
+                        continue;
+                    }
                     Ok(GrainLoc::Compressed(o)) => match self.compressed_len(&space, o) {
                         Ok(len) => space.claim(o, len, SpaceKind::Data),
                         Err(c) => Err(c),
@@ -197,13 +207,47 @@ impl SparseExtent {
                 match claimed {
                     Ok(()) => allocated = allocated.saturating_add(1),
                     Err(c) => {
-                        note(&mut space, &what(), c);
+                        note(&mut space, &format!("grain {g} (grain table {t}, entry {j})"), c);
                         bad.mark_grain(t, j, self.gtes);
                     }
                 }
             }
+            self.claim_grains(t, &run, &mut space, &mut bad, &mut note, &mut allocated);
+            run.clear();
         }
         Ok(Scan { space, bad, allocated })
+    }
+
+    /// Record uncompressed grains `(entry, offset)` of table `t` stored one after another: as
+    /// one range, or grain by grain (noting each conflict) when the whole run cannot be.
+    fn claim_grains(
+        &self,
+        t: u64,
+        run: &[(u64, u64)],
+        space: &mut SpaceMap,
+        bad: &mut BadEntries,
+        note: &mut dyn FnMut(&mut SpaceMap, &str, Conflict),
+        allocated: &mut u64,
+    ) {
+        let gb = self.grain_bytes();
+        let Some(&(_, first)) = run.first() else {
+            return;
+        };
+        let count = run.len() as u64;
+        if space.claim(first, gb.saturating_mul(count), SpaceKind::Data).is_ok() {
+            *allocated = allocated.saturating_add(count);
+            return;
+        }
+        for &(j, o) in run {
+            match space.claim(o, gb, SpaceKind::Data) {
+                Ok(()) => *allocated = allocated.saturating_add(1),
+                Err(c) => {
+                    let g = t.saturating_mul(self.gtes).saturating_add(j);
+                    note(space, &format!("grain {g} (grain table {t}, entry {j})"), c);
+                    bad.mark_grain(t, j, self.gtes);
+                }
+            }
+        }
     }
 
     /// Bytes a compressed grain at `o` occupies (its marker and data, whole sectors), or why
