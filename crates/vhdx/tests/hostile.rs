@@ -346,3 +346,50 @@ fn an_unmapped_block_keeping_its_space_is_not_a_leak() {
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(read_block(&d, 6).unwrap()[7 * 512], 0x33);
 }
+
+#[test]
+fn dropping_unusable_entries_survives_a_crash_anywhere() {
+    use disk_core::testing::{CrashMode, CrashPoint, CrashStorage};
+    let (base, contents) = image_with_blocks();
+    let (_, meta) = regions(&base);
+    set_bat_entry(&base, 2, meta | FULLY_PRESENT);
+    set_bat_entry(&base, 5, bat_entry(&base, 1));
+    let repair = |s: Arc<dyn Storage>| -> disk_core::Result<()> {
+        let options = OpenOptions {
+            repair: true,
+            ..OpenOptions::default()
+        };
+        let layer = VhdxDriver.open(s, &options.context(None, true))?;
+        layer.check(Repair::All)?;
+        layer.flush()
+    };
+    let dry = Arc::new(CrashStorage::new(&base));
+    repair(dry.clone()).unwrap();
+    let points = (0..dry.writes())
+        .map(CrashPoint::Write)
+        .chain((0..dry.flushes()).map(CrashPoint::Flush));
+    for point in points {
+        let cs = Arc::new(CrashStorage::new(&base));
+        cs.arm(Some(point));
+        let _ = repair(cs.clone());
+        assert!(cs.crashed(), "{point:?}: no crash");
+        for mode in CrashMode::standard(7, cs.crashing_sectors()) {
+            let img = Arc::new(cs.crash_image(mode));
+            let what = format!("{point:?} {mode:?}");
+            // Either still damaged (refused for writing) or repaired; sound blocks intact.
+            let d = match open_mem(&img, true) {
+                Ok(d) => d,
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Corrupt, "{what}: {e}");
+                    open_mem(&img, false).unwrap_or_else(|e| panic!("{what}: {e}"))
+                }
+            };
+            for block in [0u64, 1, 3] {
+                let b = (block * MIB) as usize;
+                let data = read_block(&d, block).unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert!(data == contents[b..b + MIB as usize], "{what}: block {block}");
+            }
+            assert_eq!(d.virtual_size(), 8 * MIB, "{what}");
+        }
+    }
+}
