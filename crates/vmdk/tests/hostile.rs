@@ -223,6 +223,12 @@ fn repair_drops_bad_grains_and_leaves_a_writable_image() {
     // The descriptor only got a new CID.
     let text = String::from_utf8_lossy(&descriptor(&after)).into_owned();
     assert!(!text.contains("parentFileNameHint"), "{text}");
+    if common::qemu_img_available("repair_drops_bad_grains_and_leaves_a_writable_image") {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fixed.vmdk");
+        std::fs::write(&path, &after).unwrap();
+        common::run_tool("qemu-img", ["check", "-f", "vmdk", path.to_str().unwrap()]);
+    }
 }
 
 #[test]
@@ -326,4 +332,40 @@ fn wildcard_parent_cid_does_not_identify_the_parent() {
         .unwrap();
     let chain = Image::open_chain(top, None, &options, &opener).unwrap();
     assert_eq!(chain.layers().count(), 2);
+}
+
+#[test]
+fn redundant_table_on_the_descriptor_is_rebuilt_by_repair() {
+    let mut b = image(4 * MIB);
+    let rgd = u64_at(&b, RGD_OFFSET) as usize * 512;
+    set_u32(&mut b, rgd, 1); // redundant grain table 0 on the descriptor
+    let (disk, _) = open_bytes(&b, false, false).unwrap();
+    assert_eq!(read_grain(&disk, 0).unwrap(), vec![0x11; GRAIN]);
+    let report = disk.top().check(Repair::None).unwrap();
+    assert!(
+        report.corruptions.iter().any(|m| m.contains("redundant grain table 0")),
+        "{report:?}"
+    );
+    let Err(e) = open_bytes(&b, true, false) else {
+        panic!("writable open of an image with a misplaced redundant table");
+    };
+    assert!(e.to_string().contains("overlaps the descriptor"), "{e}");
+
+    let (disk, storage) = open_bytes(&b, true, true).unwrap();
+    let report = disk.top().check(Repair::All).unwrap();
+    assert_eq!(report.repaired.len(), 1, "{report:?}");
+    drop(disk);
+    let fixed = storage.to_vec();
+    let (disk, _) = open_bytes(&fixed, true, false).unwrap();
+    assert!(disk.top().check(Repair::None).unwrap().is_clean());
+    disk.write(5 * 128, &[0x55; GRAIN]).unwrap();
+    disk.flush().unwrap();
+    assert!(disk.top().check(Repair::None).unwrap().is_clean());
+    drop(disk);
+    if common::qemu_img_available("redundant_table_on_the_descriptor_is_rebuilt_by_repair") {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fixed.vmdk");
+        std::fs::write(&path, &fixed).unwrap();
+        common::run_tool("qemu-img", ["check", "-f", "vmdk", path.to_str().unwrap()]);
+    }
 }
