@@ -393,3 +393,40 @@ fn dropping_unusable_entries_survives_a_crash_anywhere() {
         }
     }
 }
+
+#[test]
+fn the_log_scan_alone_takes_any_bytes() {
+    use disk_core::guid::MsGuid;
+    let guid = MsGuid([0x42; 16]);
+    assert_eq!(vhdx::scan_log(&[], guid, MIB).unwrap(), None);
+    assert_eq!(vhdx::scan_log(&[0u8; 4096], MsGuid::NIL, MIB).unwrap(), None);
+    // The log of a real dirty image, as the scan sees it: one entry.
+    let (dirty, _) = dirty_image();
+    let mut log = vec![0u8; MIB as usize];
+    dirty.read_at(&mut log, MIB).unwrap();
+    let mut h = vec![0u8; 4096];
+    let logged = |h: &[u8]| MsGuid(h[48..64].try_into().unwrap());
+    dirty.read_at(&mut h, 64 * 1024).unwrap();
+    let mut guid_now = logged(&h);
+    dirty.read_at(&mut h, 128 * 1024).unwrap();
+    if guid_now.is_nil() {
+        guid_now = logged(&h);
+    }
+    let len = dirty.len().unwrap();
+    let summary = vhdx::scan_log(&log, guid_now, len).unwrap().unwrap();
+    assert_eq!(summary.entries, 1);
+    assert!(summary.changes > 0 && summary.required_len <= len, "{summary:?}");
+    // Odd lengths and garbage: never a panic.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for n in [1usize, 4095, 4097, 8192, 65536] {
+        let bytes: Vec<u8> = (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let _ = vhdx::scan_log(&bytes, guid, MIB);
+    }
+}
