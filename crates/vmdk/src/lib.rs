@@ -9,12 +9,19 @@
 //!   everything else; [`mod@format`]: the on-disk structures.
 //! - Reads map each extent's sectors to data, zeros or "below" (the parent), with grain tables in
 //!   a bounded cache and one decompressed grain kept for small sequential reads.
+//! - Every table-based extent file is mapped on open (header, descriptor, directories, tables,
+//!   grains: a [`disk_core::SpaceMap`]); an entry pointing past the end of the file or onto
+//!   other structures or grains cannot be read or written through, a writable open of such an
+//!   image is refused unless the caller is repairing it, and `check` reports (and with
+//!   `Repair::All` drops) every such entry and leaked space. Work and memory are bounded by
+//!   the file, not by the capacity the header claims.
 //! - Writes to hosted sparse extents allocate grains at the end of the file: grain data, a flush,
 //!   then the primary and redundant grain table entries (new tables: written whole, flushed, then
 //!   linked from both directories). A crash leaves old or new data, never garbage.
 //! - A stream-optimized image this crate created is filled front to back (as `convert` does):
 //!   grains are compressed on all cores, each grain table follows its grains, and every flush
-//!   writes directory, footer and end-of-stream marker. Other stream images refuse writes.
+//!   (and dropping the image unflushed) writes directory, footer and end-of-stream marker.
+//!   Other stream images refuse writes.
 //! - The first write of a session gives the image a new CID; children record their parent's CID
 //!   and [`disk_core::Layer::verify_parent`] checks it.
 //! - Resizing ([`disk_core::Layer::resize`]): a sparse extent's header is the atomic switch

@@ -316,16 +316,16 @@ impl SparseExtent {
         }
         if fix_all {
             self.drop_bad_entries(&scan.bad)?;
-        } else {
-            self.compare_redundant(name, &scan.bad, corruptions)?;
         }
         let compressed = self.compressed();
         let mut allocated = scan.allocated;
         let mut scan = if fix_all {
             let again = self.map_space(&mut |m| corruptions.push(format!("{name}: {m}")))?;
             allocated = again.allocated;
+            self.compare_redundant(name, &again.bad, corruptions)?;
             self.install_locked(again)
         } else {
+            self.compare_redundant(name, &scan.bad, corruptions)?;
             scan.space
         };
         if !compressed && matches!(self.flavor, Flavor::Kdmv { .. }) {
