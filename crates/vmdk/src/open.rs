@@ -342,6 +342,17 @@ pub(crate) fn open_layer(storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Re
     // file may back only one extent (two would allocate grains over each other).
     let mut flat_files: HashMap<String, (Arc<dyn Storage>, std::path::PathBuf, u64)> = HashMap::new();
     let mut sparse_files: HashSet<std::path::PathBuf> = HashSet::new();
+    // An extent that is the descriptor file itself would let guest writes rewrite the
+    // descriptor (a new parent, new extents).
+    let me = ctx.path.map(|p| p.canonicalize().unwrap_or_else(|_| p.to_path_buf()));
+    let not_me = |name: &str, path: &std::path::Path| -> Result<()> {
+        if me.as_deref() == Some(path) {
+            return Err(
+                Error::corrupt(format!("extent '{name}' is the descriptor file itself")).in_structure("descriptor")
+            );
+        }
+        Ok(())
+    };
     for line in descriptor.extents() {
         let extent = match line.kind {
             ExtentType::Zero => Extent::Zero,
@@ -351,6 +362,7 @@ pub(crate) fn open_layer(storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Re
                     Some(known) => known.clone(),
                     None => {
                         let opened = ctx.open_external(name, FileKind::Extent)?;
+                        not_me(name, &opened.path)?;
                         if sparse_files.contains(&opened.path) {
                             return Err(Error::corrupt(format!(
                                 "extent file '{name}' is named by a sparse extent and a flat one"
@@ -388,6 +400,7 @@ pub(crate) fn open_layer(storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Re
             _ => {
                 let name = line.file.as_deref().unwrap_or_default();
                 let opened = ctx.open_external(name, FileKind::Extent)?;
+                not_me(name, &opened.path)?;
                 if flat_files.values().any(|(_, p, _)| *p == opened.path) || !sparse_files.insert(opened.path.clone()) {
                     return Err(Error::corrupt(format!(
                         "extent file '{name}' is named by more than one extent, and it is not a flat file"

@@ -128,3 +128,17 @@ fn discard_on_a_large_child_needs_no_large_buffer() {
     disk.read(0, &mut buf).unwrap();
     assert!(buf.iter().all(|&b| b == 0), "the parent's data shows through");
 }
+
+#[test]
+fn an_extent_may_not_be_the_descriptor_itself() {
+    // Guest writes through such an extent would rewrite the descriptor (a new parent hint).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.vmdk");
+    let text = descriptor("monolithicFlat", "RW 16 FLAT \"d.vmdk\" 0");
+    std::fs::write(&path, &text).unwrap();
+    let Err(e) = open(&path, true) else {
+        panic!("an extent naming its own descriptor was accepted");
+    };
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+}
