@@ -700,11 +700,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backing = dir.path().join("backing");
         std::fs::write(&backing, vec![7u8; 1 << 20]).unwrap();
-        let Some(dev) = crate::storage::tests::LoopDevice::attach(&backing) else {
+        let Some(dev) = crate::testing::LoopDevice::attach(&backing) else {
             return;
         };
         let me = dir.path().join("disk.vmdk");
-        let name = dev.0.to_str().unwrap();
+        let name = dev.path().to_str().unwrap();
         let opened = FsResolver::new(FsPolicy::Any).open(&req(&me, name)).unwrap();
         assert_eq!(opened.storage.len().unwrap(), 1 << 20);
         let e = FsResolver::new(FsPolicy::SameDirectory)

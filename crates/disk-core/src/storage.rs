@@ -468,7 +468,7 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     fn exercise(s: &dyn Storage) {
@@ -531,37 +531,8 @@ pub(crate) mod tests {
         }
     }
 
-    /// A loop device over a file, detached on drop; `None` (with a note) where this host does
-    /// not allow attaching one (not root, no `losetup`, no loop driver).
     #[cfg(target_os = "linux")]
-    pub(crate) struct LoopDevice(pub(crate) PathBuf);
-
-    #[cfg(target_os = "linux")]
-    impl LoopDevice {
-        pub(crate) fn attach(file: &Path) -> Option<LoopDevice> {
-            let out = std::process::Command::new("losetup")
-                .args(["-f", "--show"])
-                .arg(file)
-                .output()
-                .ok()?;
-            let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if !out.status.success() || dev.is_empty() {
-                eprintln!(
-                    "skipped: cannot attach a loop device here ({})",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-                return None;
-            }
-            Some(LoopDevice(PathBuf::from(dev)))
-        }
-    }
-
-    #[cfg(target_os = "linux")]
-    impl Drop for LoopDevice {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("losetup").arg("-d").arg(&self.0).status();
-        }
-    }
+    use crate::testing::LoopDevice;
 
     #[cfg(target_os = "linux")]
     #[test]
@@ -575,7 +546,7 @@ pub(crate) mod tests {
         let Some(dev) = LoopDevice::attach(&backing) else {
             return;
         };
-        let s = FileStorage::open(&dev.0, false).unwrap();
+        let s = FileStorage::open(dev.path(), false).unwrap();
         assert_eq!(s.len().unwrap(), 3 << 20, "a block device's length is its size, not 0");
         // The length query does not disturb positional reads.
         let mut end = [0u8; 3];

@@ -236,34 +236,7 @@ fn external_and_no_external_do_not_combine() {
     assert!(e.contains("same-dir") && e.contains("any") && e.contains("none"), "{e}");
 }
 
-/// A loop device over a file, detached on drop; `None` (with a note) where this host does not
-/// allow attaching one.
-struct LoopDevice(PathBuf);
-
-impl LoopDevice {
-    fn attach(file: &Path) -> Option<LoopDevice> {
-        let out = std::process::Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(file)
-            .output()
-            .ok()?;
-        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if !out.status.success() || dev.is_empty() {
-            eprintln!(
-                "skipped: cannot attach a loop device here ({})",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return None;
-        }
-        Some(LoopDevice(PathBuf::from(dev)))
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
-}
+use disk_core::testing::LoopDevice;
 
 #[test]
 fn images_and_extents_on_block_devices() {
@@ -281,7 +254,7 @@ fn images_and_extents_on_block_devices() {
     ]));
     ok(&vdisk(["io", "-c", "write -P 0x42 1M 4K", vhd.to_str().unwrap()]));
     let Some(dev) = LoopDevice::attach(&vhd) else { return };
-    let d = dev.0.to_str().unwrap();
+    let d = dev.path().to_str().unwrap();
     let v = json(&vdisk(["info", "--output", "json", d]));
     assert_eq!(v["format"], "vhd", "{v}");
     assert_eq!(v["virtual-size"], 2 << 20, "{v}");
@@ -294,7 +267,7 @@ fn images_and_extents_on_block_devices() {
     let Some(extent_dev) = LoopDevice::attach(&raw) else {
         return;
     };
-    let recorded = extent_dev.0.to_str().unwrap();
+    let recorded = extent_dev.path().to_str().unwrap();
     let image = flat_vmdk(&dir, recorded, 8);
     let dst = dir.join("img/out.raw");
     let e = clean_error(&convert(&[], &image, &dst), 1);

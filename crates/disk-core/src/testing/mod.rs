@@ -31,6 +31,8 @@ mod crash;
 mod crash_check;
 mod faulty;
 pub mod interop;
+#[cfg(target_os = "linux")]
+mod loop_device;
 mod model;
 mod strategy;
 #[cfg(test)]
@@ -45,6 +47,8 @@ pub use conformance::{Capabilities, DEFAULT_SIZE, DriverFactory, ImageFactory, r
 pub use crash::{CrashMode, CrashPoint, CrashStorage};
 pub use crash_check::{check_crash_consistency, check_io_errors};
 pub use faulty::{FaultPlan, FaultyStorage, OpCounts};
+#[cfg(target_os = "linux")]
+pub use loop_device::LoopDevice;
 pub use model::{
     Model, Op, SectorContent, compare_read, compare_with_model, decode_sector, fill_pattern, pattern_run, scan_disk,
 };
