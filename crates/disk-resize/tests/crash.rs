@@ -2,7 +2,7 @@
 //! the image that survives (every [`CrashMode`]) must open with the old size or the new one and
 //! hold the old data on the common prefix (of the old and the new size); resizing it again must then finish the job.
 
-use disk_core::testing::{CrashMode, CrashPoint, CrashStorage};
+use disk_core::testing::{CrashMode, CrashStorage, for_each_crash};
 use disk_core::{
     CreateSpec, Disk, Driver, Image, MemStorage, NoExtraFiles, OpenOptions, Options, Result, Storage, bytes,
 };
@@ -162,8 +162,12 @@ fn crash_image_everywhere(
             &disk_core::NoExtraFiles,
         )
     };
-    let dry = Arc::new(CrashStorage::new(&base));
-    run(dry.clone()).unwrap();
+    let mut checked = 0;
+    let dry = for_each_crash(&base, 7, run, |crash, image| {
+        let what = format!("{options}: {size} -> {new_size}, {crash}");
+        verify(driver, image, &old, new_size, &what, !stale_footer);
+        checked += 1;
+    });
     let finished = dry.crash_image(CrashMode::LoseAll);
     verify(
         driver,
@@ -173,26 +177,6 @@ fn crash_image_everywhere(
         &format!("{options}: {size} -> {new_size} finished"),
         true,
     );
-    let points = (0..dry.writes())
-        .map(CrashPoint::Write)
-        .chain((0..dry.flushes()).map(CrashPoint::Flush));
-    let mut checked = 0;
-    for point in points {
-        let storage = Arc::new(CrashStorage::new(&base));
-        storage.arm(Some(point));
-        // A crash in what runs when the image is closed (a last flush) is not reported.
-        let result = run(storage.clone());
-        assert!(storage.crashed(), "{point:?}: no crash");
-        let _ = result;
-        for (m, mode) in CrashMode::standard(7, storage.crashing_sectors())
-            .into_iter()
-            .enumerate()
-        {
-            let what = format!("{options}: {size} -> {new_size}, crash at {point:?}, mode {m}");
-            verify(driver, storage.crash_image(mode), &old, new_size, &what, !stale_footer);
-            checked += 1;
-        }
-    }
     checked
 }
 
@@ -290,33 +274,18 @@ fn commit_crash_everywhere(driver: &dyn Driver, options: &str) {
         disk_resize::commit_data(&chain, &target, |_, _| {})?;
         Ok(())
     };
-    let dry = Arc::new(CrashStorage::new(&parent));
-    run(dry.clone()).unwrap();
+    let dry = for_each_crash(&parent, 3, run, |what, image| {
+        let resolver = Arc::new(disk_core::MemResolver::new());
+        resolver.insert("parent", Arc::new(image));
+        let chain =
+            open_chain(driver, child.clone(), resolver, false).unwrap_or_else(|e| panic!("{options}: {what}: {e}"));
+        assert!(read_all(&chain) == view, "{options}: {what}: the child's view changed");
+    });
     let committed = open(driver, Arc::new(dry.crash_image(CrashMode::LoseAll)), false).unwrap();
     assert!(
         read_all(&committed) == view,
         "{options}: the parent reads as the child did"
     );
-    let points = (0..dry.writes())
-        .map(CrashPoint::Write)
-        .chain((0..dry.flushes()).map(CrashPoint::Flush));
-    for point in points {
-        let storage = Arc::new(CrashStorage::new(&parent));
-        storage.arm(Some(point));
-        // A crash in what runs when the image is closed (a last flush) is not reported.
-        let _ = run(storage.clone());
-        assert!(storage.crashed(), "{point:?}: no crash");
-        for mode in CrashMode::standard(3, storage.crashing_sectors()) {
-            let resolver = Arc::new(disk_core::MemResolver::new());
-            resolver.insert("parent", Arc::new(storage.crash_image(mode)));
-            let chain = open_chain(driver, child.clone(), resolver, false)
-                .unwrap_or_else(|e| panic!("{options}: {point:?} {mode:?}: {e}"));
-            assert!(
-                read_all(&chain) == view,
-                "{options}: {point:?} {mode:?}: the child's view changed"
-            );
-        }
-    }
 }
 
 #[test]
@@ -361,8 +330,20 @@ fn set_parent_is_atomic(driver: &dyn Driver, options: &str) {
     let old_parent = driver
         .open(Arc::new(parent), &OpenOptions::new().context(None, false))
         .unwrap();
-    let dry = Arc::new(CrashStorage::new(&child));
-    run(dry.clone()).unwrap();
+    let dry = for_each_crash(&child, 5, run, |what, image| {
+        let layer = driver
+            .open(Arc::new(image), &OpenOptions::new().context(None, false))
+            .unwrap_or_else(|e| panic!("{options}: {what}: {e}"));
+        let names = layer.parent().map(|p| p.locators.clone()).unwrap_or_default();
+        let ok = if names.iter().any(|n| n.ends_with(new_name)) {
+            layer.verify_parent(&*other_layer).is_ok()
+        } else if names.iter().any(|n| n.ends_with("parent")) {
+            layer.verify_parent(&*old_parent).is_ok()
+        } else {
+            false
+        };
+        assert!(ok, "{options}: {what}: parent {names:?} with the wrong identity");
+    });
     let done = driver
         .open(
             Arc::new(dry.crash_image(CrashMode::LoseAll)),
@@ -371,35 +352,6 @@ fn set_parent_is_atomic(driver: &dyn Driver, options: &str) {
         .unwrap();
     assert!(done.verify_parent(&*other_layer).is_ok(), "{options}");
     assert!(done.check(disk_core::Repair::None).unwrap().is_clean(), "{options}");
-    for point in (0..dry.writes())
-        .map(CrashPoint::Write)
-        .chain((0..dry.flushes()).map(CrashPoint::Flush))
-    {
-        let storage = Arc::new(CrashStorage::new(&child));
-        storage.arm(Some(point));
-        let _ = run(storage.clone());
-        assert!(storage.crashed(), "{point:?}: no crash");
-        for mode in CrashMode::standard(5, storage.crashing_sectors()) {
-            let layer = driver
-                .open(
-                    Arc::new(storage.crash_image(mode)),
-                    &OpenOptions::new().context(None, false),
-                )
-                .unwrap_or_else(|e| panic!("{options}: {point:?} {mode:?}: {e}"));
-            let names = layer.parent().map(|p| p.locators.clone()).unwrap_or_default();
-            let ok = if names.iter().any(|n| n.ends_with(new_name)) {
-                layer.verify_parent(&*other_layer).is_ok()
-            } else if names.iter().any(|n| n.ends_with("parent")) {
-                layer.verify_parent(&*old_parent).is_ok()
-            } else {
-                false
-            };
-            assert!(
-                ok,
-                "{options}: {point:?} {mode:?}: parent {names:?} with the wrong identity"
-            );
-        }
-    }
 }
 
 #[test]

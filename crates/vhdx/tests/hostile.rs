@@ -349,12 +349,12 @@ fn an_unmapped_block_keeping_its_space_is_not_a_leak() {
 
 #[test]
 fn dropping_unusable_entries_survives_a_crash_anywhere() {
-    use disk_core::testing::{CrashMode, CrashPoint, CrashStorage};
+    use disk_core::testing::{CrashStorage, for_each_crash};
     let (base, contents) = image_with_blocks();
     let (_, meta) = regions(&base);
     set_bat_entry(&base, 2, meta | FULLY_PRESENT);
     set_bat_entry(&base, 5, bat_entry(&base, 1));
-    let repair = |s: Arc<dyn Storage>| -> disk_core::Result<()> {
+    let repair = |s: Arc<CrashStorage>| -> disk_core::Result<()> {
         let options = OpenOptions {
             repair: true,
             ..OpenOptions::default()
@@ -363,35 +363,23 @@ fn dropping_unusable_entries_survives_a_crash_anywhere() {
         layer.check(Repair::All)?;
         layer.flush()
     };
-    let dry = Arc::new(CrashStorage::new(&base));
-    repair(dry.clone()).unwrap();
-    let points = (0..dry.writes())
-        .map(CrashPoint::Write)
-        .chain((0..dry.flushes()).map(CrashPoint::Flush));
-    for point in points {
-        let cs = Arc::new(CrashStorage::new(&base));
-        cs.arm(Some(point));
-        let _ = repair(cs.clone());
-        assert!(cs.crashed(), "{point:?}: no crash");
-        for mode in CrashMode::standard(7, cs.crashing_sectors()) {
-            let img = Arc::new(cs.crash_image(mode));
-            let what = format!("{point:?} {mode:?}");
-            // Either still damaged (refused for writing) or repaired; sound blocks intact.
-            let d = match open_mem(&img, true) {
-                Ok(d) => d,
-                Err(e) => {
-                    assert_eq!(e.kind(), ErrorKind::Corrupt, "{what}: {e}");
-                    open_mem(&img, false).unwrap_or_else(|e| panic!("{what}: {e}"))
-                }
-            };
-            for block in [0u64, 1, 3] {
-                let b = (block * MIB) as usize;
-                let data = read_block(&d, block).unwrap_or_else(|e| panic!("{what}: {e}"));
-                assert!(data == contents[b..b + MIB as usize], "{what}: block {block}");
+    for_each_crash(&base, 7, repair, |what, image| {
+        let img = Arc::new(image);
+        // Either still damaged (refused for writing) or repaired; sound blocks intact.
+        let d = match open_mem(&img, true) {
+            Ok(d) => d,
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Corrupt, "{what}: {e}");
+                open_mem(&img, false).unwrap_or_else(|e| panic!("{what}: {e}"))
             }
-            assert_eq!(d.virtual_size(), 8 * MIB, "{what}");
+        };
+        for block in [0u64, 1, 3] {
+            let b = (block * MIB) as usize;
+            let data = read_block(&d, block).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(data == contents[b..b + MIB as usize], "{what}: block {block}");
         }
-    }
+        assert_eq!(d.virtual_size(), 8 * MIB, "{what}");
+    });
 }
 
 #[test]

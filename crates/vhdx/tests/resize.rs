@@ -228,42 +228,27 @@ fn growing_past_the_bat_region_moves_the_bat() {
 /// the old size with the old data or the new size with the old data and zeros after it.
 #[test]
 fn moving_the_bat_survives_a_crash_anywhere() {
-    use disk_core::testing::{CrashMode, CrashPoint, CrashStorage};
+    use disk_core::testing::{CrashStorage, for_each_crash};
     for opts in ["", ",subformat=fixed"] {
         let base = image_with_spots(opts);
         let (old, new) = (100u64 << 30, (300u64 << 30) + 4096);
-        let dry = Arc::new(CrashStorage::new(&base));
-        common::open_layer(dry.clone(), true)
-            .unwrap()
-            .resize(new, &NoExtraFiles)
-            .unwrap();
-        let points = (0..dry.writes())
-            .map(CrashPoint::Write)
-            .chain((0..dry.flushes()).map(CrashPoint::Flush));
-        for point in points {
-            let cs = Arc::new(CrashStorage::new(&base));
-            cs.arm(Some(point));
-            if let Ok(layer) = common::open_layer(cs.clone(), true) {
-                let _ = layer.resize(new, &NoExtraFiles);
-            }
-            assert!(cs.crashed(), "{opts} {point:?}: no crash");
-            for mode in CrashMode::standard(11, cs.crashing_sectors()) {
-                let img = Arc::new(cs.crash_image(mode));
-                let what = format!("{opts} {point:?} {mode:?}");
-                let d = open_mem(&img, true).unwrap_or_else(|e| panic!("{what}: {e}"));
-                let size = d.virtual_size();
-                assert!(size == old || size == new, "{what}: size {size}");
-                assert!(spots_intact(&d, old), "{what}: data");
-                let r = d.top().check(disk_core::Repair::None).unwrap();
-                assert!(r.corruptions.is_empty(), "{what}: {:?}", r.corruptions);
-                // The image stays usable: a second resize completes.
-                d.top().resize(new + (1 << 30), &NoExtraFiles).unwrap();
-                drop(d);
-                let d = open_mem(&img, false).unwrap();
-                assert_eq!(d.virtual_size(), new + (1 << 30), "{what}");
-                assert!(spots_intact(&d, old), "{what}: data after a second resize");
-            }
-        }
+        let resize = |cs: Arc<CrashStorage>| common::open_layer(cs, true)?.resize(new, &NoExtraFiles);
+        for_each_crash(&base, 11, resize, |what, image| {
+            let img = Arc::new(image);
+            let what = format!("{opts} {what}");
+            let d = open_mem(&img, true).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let size = d.virtual_size();
+            assert!(size == old || size == new, "{what}: size {size}");
+            assert!(spots_intact(&d, old), "{what}: data");
+            let r = d.top().check(disk_core::Repair::None).unwrap();
+            assert!(r.corruptions.is_empty(), "{what}: {:?}", r.corruptions);
+            // The image stays usable: a second resize completes.
+            d.top().resize(new + (1 << 30), &NoExtraFiles).unwrap();
+            drop(d);
+            let d = open_mem(&img, false).unwrap();
+            assert_eq!(d.virtual_size(), new + (1 << 30), "{what}");
+            assert!(spots_intact(&d, old), "{what}: data after a second resize");
+        });
     }
 }
 

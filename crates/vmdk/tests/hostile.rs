@@ -372,7 +372,7 @@ fn redundant_table_on_the_descriptor_is_rebuilt_by_repair() {
 
 #[test]
 fn repair_survives_a_crash_anywhere() {
-    use disk_core::testing::{CrashMode, CrashPoint, CrashStorage};
+    use disk_core::testing::{CrashStorage, for_each_crash};
     let mut b = image(4 * MIB);
     point(&mut b, 1, 1);
     let g0 = u32_at(&b, gte(&b, 0, false));
@@ -380,37 +380,25 @@ fn repair_survives_a_crash_anywhere() {
     let rgd = u64_at(&b, RGD_OFFSET) as usize * 512;
     set_u32(&mut b, rgd, 1);
     let base = MemStorage::from_bytes(&b);
-    let repair = |s: Arc<dyn Storage>| -> disk_core::Result<()> {
+    let repair = |s: Arc<CrashStorage>| -> disk_core::Result<()> {
         let layer = VmdkDriver.open(s, &ctx(&disk_core::DenyExternal, true, true))?;
         layer.check(Repair::All)?;
         layer.flush()
     };
-    let dry = Arc::new(CrashStorage::new(&base));
-    repair(dry.clone()).unwrap();
+    let dry = for_each_crash(&base, 7, repair, |what, image| {
+        let bytes = image.to_vec();
+        // Either still damaged (refused for writing) or repaired; sound grains intact.
+        let disk = match open_bytes(&bytes, true, false) {
+            Ok((d, _)) => d,
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Corrupt, "{what}: {e}");
+                open_bytes(&bytes, false, false)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"))
+                    .0
+            }
+        };
+        assert_eq!(read_grain(&disk, 0).unwrap(), vec![0x11; GRAIN], "{what}");
+        assert_eq!(read_grain(&disk, 2).unwrap(), vec![0x22; GRAIN], "{what}");
+    });
     assert!(dry.writes() >= 4, "{} writes", dry.writes());
-    let points = (0..dry.writes())
-        .map(CrashPoint::Write)
-        .chain((0..dry.flushes()).map(CrashPoint::Flush));
-    for point in points {
-        let cs = Arc::new(CrashStorage::new(&base));
-        cs.arm(Some(point));
-        let _ = repair(cs.clone());
-        assert!(cs.crashed(), "{point:?}: no crash");
-        for mode in CrashMode::standard(7, cs.crashing_sectors()) {
-            let bytes = cs.crash_image(mode).to_vec();
-            let what = format!("{point:?} {mode:?}");
-            // Either still damaged (refused for writing) or repaired; sound grains intact.
-            let disk = match open_bytes(&bytes, true, false) {
-                Ok((d, _)) => d,
-                Err(e) => {
-                    assert_eq!(e.kind(), ErrorKind::Corrupt, "{what}: {e}");
-                    open_bytes(&bytes, false, false)
-                        .unwrap_or_else(|e| panic!("{what}: {e}"))
-                        .0
-                }
-            };
-            assert_eq!(read_grain(&disk, 0).unwrap(), vec![0x11; GRAIN], "{what}");
-            assert_eq!(read_grain(&disk, 2).unwrap(), vec![0x22; GRAIN], "{what}");
-        }
-    }
 }

@@ -9,7 +9,7 @@
 use crate::storage::{MemStorage, Storage};
 use std::fmt;
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Where a [`CrashStorage`] loses power. Indices are 0-based and count calls since creation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,6 +412,37 @@ impl SplitMix64 {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
+}
+
+/// Crash `op` at each of its writes and flushes in turn and hand every image a crash can leave
+/// (each of [`CrashMode::standard`] with `seed`) to `check`, with a label naming the crash point
+/// and mode. `op` first runs once on a copy of `base` without a crash, which must succeed: that
+/// run counts the crash points, and its storage is returned (its [`CrashStorage::current`] is
+/// the finished result). After a crash `op`'s result is ignored (a crash in a last flush on
+/// drop is not reported); `op` must have tried every write, which is asserted.
+pub fn for_each_crash<T, E: fmt::Debug>(
+    base: &MemStorage,
+    seed: u64,
+    op: impl Fn(Arc<CrashStorage>) -> Result<T, E>,
+    mut check: impl FnMut(&str, MemStorage),
+) -> Arc<CrashStorage> {
+    let dry = Arc::new(CrashStorage::new(base));
+    if let Err(e) = op(dry.clone()) {
+        panic!("the operation fails without a crash: {e:?}");
+    }
+    let points = (0..dry.writes())
+        .map(CrashPoint::Write)
+        .chain((0..dry.flushes()).map(CrashPoint::Flush));
+    for point in points {
+        let storage = Arc::new(CrashStorage::new(base));
+        storage.arm(Some(point));
+        let _ = op(storage.clone());
+        assert!(storage.crashed(), "{point:?}: no crash");
+        for mode in CrashMode::standard(seed, storage.crashing_sectors()) {
+            check(&format!("crash at {point:?}, {mode:?}"), storage.crash_image(mode));
+        }
+    }
+    dry
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ pub use checks::{
     check_boundaries, check_concurrent_reads, check_discard, check_model, check_read_only, verify_block_status,
 };
 pub use conformance::{Capabilities, DEFAULT_SIZE, DriverFactory, ImageFactory, run_conformance, run_conformance_with};
-pub use crash::{CrashMode, CrashPoint, CrashStorage};
+pub use crash::{CrashMode, CrashPoint, CrashStorage, for_each_crash};
 pub use crash_check::{check_crash_consistency, check_io_errors};
 pub use faulty::{FaultPlan, FaultyStorage, OpCounts};
 #[cfg(target_os = "linux")]
