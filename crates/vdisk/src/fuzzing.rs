@@ -37,6 +37,7 @@ pub fn targets() -> &'static [(&'static str, Target)] {
         ("ops_vhdx", ops_vhdx),
         ("ops_vmdk", ops_vmdk),
         ("probe_open", probe_open),
+        ("vhdx_log", vhdx_log),
         ("vmdk_descriptor", vmdk_descriptor),
     ]
 }
@@ -273,6 +274,30 @@ fn exercise(image: &Image) {
         }
         budget -= sectors * ss;
         lba += if data { sectors } else { st.sectors };
+    }
+}
+
+/// Scan `data` as a VHDX log, as opening an image does: the input is the log GUID (16 bytes),
+/// the image file's length (8 bytes, little-endian), then the log (cut to whole 4 KiB pages).
+/// Whatever the log holds, the scan returns (a damaged log is an error), and what it finds
+/// stays within the bounds the scan promises.
+pub fn vhdx_log(data: &[u8]) {
+    if data.len() > MAX_INPUT || data.len() < 24 {
+        return;
+    }
+    let (head, log) = data.split_at(24);
+    let mut guid = [0u8; 16];
+    guid.copy_from_slice(&head[..16]);
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&head[16..]);
+    let file_len = u64::from_le_bytes(len);
+    let log = &log[..log.len() / 4096 * 4096];
+    if let Ok(Some(summary)) = crate::vhdx::scan_log(log, disk_core::guid::MsGuid(guid), file_len) {
+        assert!(
+            summary.entries >= 1 && summary.entries <= log.len() / 4096,
+            "{summary:?}"
+        );
+        assert!(summary.changes <= log.len() / 16, "{summary:?}");
     }
 }
 

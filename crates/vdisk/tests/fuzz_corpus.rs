@@ -35,3 +35,17 @@ fn fuzz_corpus_replays_without_panics() {
     }
     assert!(replayed > 0, "no corpus inputs found under {}", corpus.display());
 }
+
+/// The real log seed reaches the replay code: its scan finds an active sequence.
+#[test]
+fn vhdx_log_seed_has_an_active_sequence() {
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/vhdx_log/seed_real_log");
+    let data = std::fs::read(&seed).unwrap();
+    let mut guid = [0u8; 16];
+    guid.copy_from_slice(&data[..16]);
+    let file_len = u64::from_le_bytes(data[16..24].try_into().unwrap());
+    let summary = vdisk::vhdx::scan_log(&data[24..], vdisk::disk_core::guid::MsGuid(guid), file_len)
+        .unwrap()
+        .expect("an active sequence");
+    assert!(summary.entries >= 1 && summary.changes >= 1, "{summary:?}");
+}
