@@ -153,6 +153,23 @@ impl From<Conflict> for Error {
     }
 }
 
+/// The error a writable open returns for an image with `count` (at least 1) space problems, the
+/// first described by `first`: [`ErrorKind::Corrupt`], naming the structure and offset of
+/// `conflict` when the first problem is one, and saying how to repair.
+pub fn writes_refused(first: &str, count: u64, conflict: Option<&Conflict>) -> Error {
+    let more = count.saturating_sub(1);
+    let also = if more > 0 {
+        format!(" (and {more} more)")
+    } else {
+        String::new()
+    };
+    let e = Error::new(ErrorKind::Corrupt, format!("{first}{also}; run check -r all to repair"));
+    match conflict {
+        Some(c) => e.in_structure(c.range().kind.name()).at_offset(c.range().start),
+        None => e,
+    }
+}
+
 /// The ranges of one image file that are in use, each tagged with what it holds.
 #[derive(Debug, Clone)]
 pub struct SpaceMap {
@@ -278,19 +295,7 @@ impl SpaceMap {
     pub fn refuse_writes_if_conflicted(&self) -> crate::Result<()> {
         match self.conflicts.first() {
             None => Ok(()),
-            Some(first) => {
-                let more = self.conflict_count.saturating_sub(1);
-                let also = if more > 0 {
-                    format!(" (and {more} more)")
-                } else {
-                    String::new()
-                };
-                Err(
-                    Error::new(ErrorKind::Corrupt, format!("{first}{also}; run check -r all to repair"))
-                        .in_structure(first.range().kind.name())
-                        .at_offset(first.range().start),
-                )
-            }
+            Some(first) => Err(writes_refused(&first.to_string(), self.conflict_count, Some(first))),
         }
     }
 

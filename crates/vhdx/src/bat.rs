@@ -11,7 +11,7 @@
 use crate::format::*;
 use crate::geometry::Geometry;
 use crate::parse::{Metadata, Regions};
-use disk_core::{Error, ErrorKind, Findings, IoResultExt, Result, SpaceKind, SpaceMap, Storage};
+use disk_core::{Error, Findings, IoResultExt, Result, SpaceKind, SpaceMap, Storage};
 use zerocopy::IntoBytes;
 
 /// State written into the in-memory copy of a BAT entry found unusable on open: reads of its
@@ -60,19 +60,13 @@ impl Survey {
         let Some(first) = self.problems.first() else {
             return Ok(());
         };
-        let more = self.problems.count().saturating_sub(1);
-        let also = if more > 0 {
-            format!(" (and {more} more)")
-        } else {
-            String::new()
-        };
-        let e = Error::new(ErrorKind::Corrupt, format!("{first}{also}; run check -r all to repair"));
-        Err(match self.space.conflicts().first() {
-            Some(c) if first.ends_with(&c.to_string()) => {
-                e.in_structure(c.range().kind.name()).at_offset(c.range().start)
-            }
-            _ => e.in_structure("BAT"),
-        })
+        let conflict = self
+            .space
+            .conflicts()
+            .first()
+            .filter(|c| first.ends_with(&c.to_string()));
+        let e = disk_core::space::writes_refused(first, self.problems.count(), conflict);
+        Err(if conflict.is_some() { e } else { e.in_structure("BAT") })
     }
 }
 
