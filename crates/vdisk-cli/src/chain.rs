@@ -58,7 +58,7 @@ fn no_backing(file: &Path, format: Format, what: &str) -> Failure {
 }
 
 fn open_options(ctx: &Ctx, format: Option<Format>) -> OpenOptions {
-    OpenOptions::new().resolver(ctx.resolver.clone()).format(format)
+    ctx.base_options().format(format)
 }
 
 /// Run `vdisk commit`.

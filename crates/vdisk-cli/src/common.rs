@@ -84,6 +84,8 @@ pub struct Ctx {
     pub resolver: Arc<dyn Resolver>,
     /// `--no-external` / `--external none`: touch no file other than the one named.
     pub no_external: bool,
+    /// `--trust-unlinked-parent`: see [`OpenOptions::trust_unlinked_parent`].
+    pub trust_unlinked_parent: bool,
 }
 
 impl Ctx {
@@ -104,7 +106,15 @@ impl Ctx {
         Ctx {
             resolver: Arc::new(Hinting { inner, hint }),
             no_external: external == External::None,
+            trust_unlinked_parent: false,
         }
+    }
+
+    /// Options with the global flags applied (resolver, parent identity): read-only, probing.
+    pub fn base_options(&self) -> OpenOptions {
+        let mut options = OpenOptions::new().resolver(self.resolver.clone());
+        options.trust_unlinked_parent = self.trust_unlinked_parent;
+        options
     }
 
     /// Open the image at `path` (with its parents, as the resolver allows).
@@ -124,9 +134,8 @@ impl Ctx {
         OpenOptions {
             writable,
             format,
-            resolver: self.resolver.clone(),
             missing_parent: missing,
-            ..OpenOptions::default()
+            ..self.base_options()
         }
     }
 

@@ -35,6 +35,11 @@ struct Cli {
     #[arg(long, global = true, conflicts_with = "external")]
     no_external: bool,
 
+    /// Accept a parent the child records no identity for (VMDK `parentCID=ffffffff`, a VHDX child
+    /// without parent linkage): any file the parent's name reaches would be taken as the parent.
+    #[arg(long, global = true)]
+    trust_unlinked_parent: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -72,7 +77,8 @@ fn run(cli: Cli) -> CmdResult {
     } else {
         cli.external.unwrap_or_default()
     };
-    let ctx = Ctx::new(external);
+    let mut ctx = Ctx::new(external);
+    ctx.trust_unlinked_parent = cli.trust_unlinked_parent;
     match cli.command {
         Command::Info(args) => info::run(&ctx, &args),
         Command::Create(args) => convert::run_create(&ctx, &args),

@@ -3,7 +3,6 @@
 use crate::common::{CmdResult, Ctx, Failure, parse_format_opt};
 use crate::output::emit;
 use std::path::PathBuf;
-use vdisk::OpenOptions;
 use vdisk::disk_resize::{ResizeOptions, SizeChange};
 
 /// Arguments of `vdisk resize`.
@@ -35,7 +34,7 @@ pub fn run(ctx: &Ctx, args: &ResizeArgs) -> CmdResult {
         allow_data_loss: args.discard_data,
         format,
     };
-    let open = OpenOptions::new().resolver(ctx.resolver.clone());
+    let open = ctx.base_options();
     vdisk::resize(&args.file, change, &options, &open)?;
     emit("Image resized.\n");
     Ok(0)

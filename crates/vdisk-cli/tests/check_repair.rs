@@ -97,3 +97,36 @@ fn check_details_are_bounded() {
     assert!(text.contains("ERROR and 130072 more"), "{}", &text[text.len() - 300..]);
     assert!(text.contains("131072 errors were found"));
 }
+
+/// A VMDK child whose `parentCID` is the wildcard would accept any file its hint reaches as the
+/// parent: refused unless `--trust-unlinked-parent`.
+#[test]
+fn wildcard_parent_cid_needs_an_opt_in() {
+    let (_d, dir) = temp();
+    let parent = dir.join("p.vmdk");
+    let child = dir.join("c.vmdk");
+    let (p, c) = (parent.to_str().unwrap(), child.to_str().unwrap());
+    ok(&vdisk(["create", "-f", "vmdk", p, "1M"]));
+    ok(&vdisk(["io", "-c", "write -P 0x5a 0 64K", p]));
+    ok(&vdisk(["create", "-f", "vmdk", "-b", p, "-F", "vmdk", c]));
+    ok(&vdisk(["io", "-r", "-c", "read -P 0x5a 0 64K", c]));
+    // Same length, so the embedded descriptor keeps its layout.
+    let bytes = std::fs::read(&child).unwrap();
+    let key = b"parentCID=";
+    let at = bytes.windows(key.len()).position(|w| w == key).expect("a parentCID") + key.len();
+    let end = at + bytes[at..].iter().position(|b| !b.is_ascii_hexdigit()).unwrap();
+    let mut patched = bytes[..at].to_vec();
+    patched.extend_from_slice(&b"ffffffff"[..end - at]);
+    patched.extend_from_slice(&bytes[end..]);
+    std::fs::write(&child, &patched).unwrap();
+    let e = clean_error(&vdisk(["io", "-r", "-c", "read -P 0x5a 0 64K", c]), 1);
+    assert!(e.contains("no identity for its parent"), "{e}");
+    ok(&vdisk([
+        "--trust-unlinked-parent",
+        "io",
+        "-r",
+        "-c",
+        "read -P 0x5a 0 64K",
+        c,
+    ]));
+}
