@@ -28,6 +28,9 @@ pub fn resize(
     } else {
         disk_resize::resize(path, change, options, open, &|f| driver(f))?
     };
+    if resized.new_size < resized.old_size {
+        give_back_space(path, resized.format, open)?;
+    }
     if resized.new_size < resized.old_size && !before.is_empty() {
         let after = extent_files(path, Some(resized.format), open).map_err(|e| {
             Error::new(
@@ -54,6 +57,14 @@ pub fn resize(
         }
     }
     Ok(resized)
+}
+
+/// After a shrink, cut the space the dropped data left unused at the end of the file (what
+/// `check -r leaks` does), so that shrinking gives the space back.
+fn give_back_space(path: &Path, format: Format, open: &OpenOptions) -> Result<()> {
+    let image = open_single(path, Some(format), true, open)?;
+    image.top().check(crate::Repair::Leaks).with_file(path)?;
+    image.top().flush().with_file(path)
 }
 
 /// Whether `path` is a VMDK text descriptor (its extents are other files).

@@ -287,7 +287,7 @@ impl SparseExtent {
     // (`check_layout`), grain offsets come from `decode` (checked) and lie inside the file (space
     // map), and buffer offsets stay below the buffer's length.
     #[allow(clippy::arithmetic_side_effects)]
-    fn lookup_span(&self, g: u64) -> Result<(GrainLoc, u64)> {
+    pub(crate) fn lookup_span(&self, g: u64) -> Result<(GrainLoc, u64)> {
         let Some(table) = self.table(g / self.gtes)? else {
             return Ok((GrainLoc::Unallocated, self.gtes - g % self.gtes));
         };

@@ -46,6 +46,7 @@ impl SparseExtent {
             .io_context("reading the sparse extent header", 0)?;
         let mut header = SparseExtentHeader::read_from_bytes(&raw)
             .map_err(|_| Error::corrupt("short header").in_structure("sparse extent header"))?;
+        let old_dirs = [header.gd_offset.get(), header.rgd_offset.get()];
         if new_capacity > self.capacity {
             self.grow_prepare(new_capacity, &mut header)?;
         }
@@ -53,7 +54,44 @@ impl SparseExtent {
         self.storage
             .write_at(header.as_bytes(), 0)
             .io_context("writing the sparse extent header", 0)?;
-        self.flush_storage("flushing the sparse extent header")
+        self.flush_storage("flushing the sparse extent header")?;
+        if new_capacity < self.capacity {
+            self.zero_dropped_grains(new_capacity)?;
+        }
+        // Directories the header no longer names are zeroed, so that neither their stale
+        // entries nor their space (zeroed space is not a leak) remain.
+        let old_bytes = self.capacity.div_ceil(self.grain).div_ceil(self.gtes).saturating_mul(4);
+        let new_dirs = [header.gd_offset.get(), header.rgd_offset.get()];
+        for old in old_dirs.into_iter().filter(|&d| d != 0 && !new_dirs.contains(&d)) {
+            let at = old.saturating_mul(SECTOR);
+            self.storage
+                .punch_hole(at, old_bytes.div_ceil(SECTOR) * SECTOR)
+                .io_context("zeroing an old grain directory", at)?;
+        }
+        Ok(())
+    }
+
+    /// After a shrink (the header already says `new_capacity`): zero the grains past the new
+    /// end, which the caller chose to drop, so their data does not linger in the file and their
+    /// space does not count as leaked. Walks the tables present (a missing table is skipped at
+    /// once), so the work is bounded by the metadata in the file.
+    fn zero_dropped_grains(&self, new_capacity: u64) -> Result<()> {
+        let first = new_capacity / self.grain;
+        let keep_first = (new_capacity % self.grain) * SECTOR;
+        let end = self.capacity.div_ceil(self.grain);
+        let mut g = first;
+        while g < end {
+            let (loc, span) = self.lookup_span(g)?;
+            if let GrainLoc::Data(at) = loc {
+                let keep = if g == first { keep_first } else { 0 };
+                let from = at + keep;
+                self.storage
+                    .punch_hole(from, self.grain_bytes() - keep)
+                    .io_context("zeroing a dropped grain", from)?;
+            }
+            g += span.max(1);
+        }
+        self.flush_storage("flushing the dropped grains")
     }
 
     /// Everything before the header switch of a grow: clean, then make directory room.
