@@ -518,17 +518,18 @@ fn verify(image: &Image, model: &BTreeMap<u64, u8>, ss: u64) {
     }
 }
 
-/// [`ops`] on VHD images.
+/// Write, zero, discard, flush and reopen sequences against a model on VHD images (input
+/// layout in `fuzz/README.md`): acknowledged writes must read back, also after a reopen.
 pub fn ops_vhd(data: &[u8]) {
     ops(Format::Vhd, data);
 }
 
-/// [`ops`] on VHDX images.
+/// The sequences of [`ops_vhd`], on VHDX images.
 pub fn ops_vhdx(data: &[u8]) {
     ops(Format::Vhdx, data);
 }
 
-/// [`ops`] on VMDK images.
+/// The sequences of [`ops_vhd`], on VMDK images.
 pub fn ops_vmdk(data: &[u8]) {
     ops(Format::Vmdk, data);
 }
