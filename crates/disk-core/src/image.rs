@@ -3,7 +3,7 @@
 use crate::disk::{Allocation, BlockStatus, Disk, SectorRange};
 use crate::driver::{LayerOpener, OpenContext};
 use crate::error::{Error, ErrorKind, Result};
-use crate::layer::{Layer, LayerInfo};
+use crate::layer::{Layer, LayerInfo, ParentRef};
 use crate::probe::Format;
 use crate::resolve::{DenyExternal, FileKind, FileRequest, Opened, Resolver};
 use std::any::Any;
@@ -148,48 +148,44 @@ impl Image {
                 break;
             };
             let child_path = current.path.clone();
-            let opened = Self::resolve_parent(
-                &*options.resolver,
-                child_path.as_deref(),
-                &parent_ref.locators,
-                &parent_ref.display,
-            )
-            .and_then(|opened| {
-                if image.layers.len() >= options.max_chain_depth {
-                    return Err(Error::new(
-                        ErrorKind::Unsupported,
-                        format!("backing chain is deeper than {} images", options.max_chain_depth),
-                    ));
-                }
-                if seen.contains(&opened.path) {
-                    return Err(Error::corrupt(format!(
-                        "backing chain loops back to '{}'",
-                        opened.path.display()
-                    )));
-                }
-                let ctx = options.context(Some(&opened.path), false);
-                let layer = open_layer(parent_ref.format, opened.storage.clone(), &ctx)
-                    .map_err(|e| e.with_file(&opened.path))?;
-                let child = &image.layers.last().expect("top").layer;
-                if options.verify_parents {
-                    if !child.parent_identity_recorded() && !options.trust_unlinked_parent {
+            let opened = Self::resolve_parent(&*options.resolver, child_path.as_deref(), &parent_ref, false).and_then(
+                |opened| {
+                    if image.layers.len() >= options.max_chain_depth {
                         return Err(Error::new(
-                            ErrorKind::ParentMismatch,
-                            "the image records no identity for its parent (so any file would be \
-                             accepted as the parent); opening it needs an explicit opt-in",
+                            ErrorKind::Unsupported,
+                            format!("backing chain is deeper than {} images", options.max_chain_depth),
                         ));
                     }
-                    child.verify_parent(&*layer)?;
-                }
-                if layer.sector_size() != child.sector_size() {
-                    return Err(Error::unsupported(format!(
-                        "parent has {}-byte sectors but the child has {}-byte sectors",
-                        layer.sector_size(),
-                        child.sector_size()
-                    )));
-                }
-                Ok((layer, opened.path))
-            });
+                    if seen.contains(&opened.path) {
+                        return Err(Error::corrupt(format!(
+                            "backing chain loops back to '{}'",
+                            opened.path.display()
+                        )));
+                    }
+                    let ctx = options.context(Some(&opened.path), false);
+                    let layer = open_layer(parent_ref.format, opened.storage.clone(), &ctx)
+                        .map_err(|e| e.with_file(&opened.path))?;
+                    let child = &image.layers.last().expect("top").layer;
+                    if options.verify_parents {
+                        if !child.parent_identity_recorded() && !options.trust_unlinked_parent {
+                            return Err(Error::new(
+                                ErrorKind::ParentMismatch,
+                                "the image records no identity for its parent (so any file would be \
+                             accepted as the parent); opening it needs an explicit opt-in",
+                            ));
+                        }
+                        child.verify_parent(&*layer)?;
+                    }
+                    if layer.sector_size() != child.sector_size() {
+                        return Err(Error::unsupported(format!(
+                            "parent has {}-byte sectors but the child has {}-byte sectors",
+                            layer.sector_size(),
+                            child.sector_size()
+                        )));
+                    }
+                    Ok((layer, opened.path))
+                },
+            );
             match opened {
                 Ok((layer, path)) => {
                     seen.push(path.clone());
@@ -219,19 +215,22 @@ impl Image {
         Ok(image)
     }
 
-    fn resolve_parent(
+    /// Open the parent `parent` that the image at `child` records, through `resolver` (each
+    /// locator in turn; a refusal stops the search), for writing when `writable` (commit).
+    pub fn resolve_parent(
         resolver: &dyn Resolver,
         child: Option<&Path>,
-        locators: &[String],
-        display: &str,
+        parent: &ParentRef,
+        writable: bool,
     ) -> Result<Opened> {
+        let (locators, display) = (&parent.locators, &parent.display);
         let mut first_error = None;
         for recorded in locators {
             match resolver.open(&FileRequest {
                 referrer: child,
                 recorded,
                 kind: FileKind::Parent,
-                writable: false,
+                writable,
             }) {
                 Ok(o) => return Ok(o),
                 Err(e) if e.kind() == ErrorKind::ExternalFileDenied => return Err(e),

@@ -320,7 +320,17 @@ fn commit_data_into_parent(path: &Path, options: &OpenOptions) -> Result<Moved> 
     }
     let moved = {
         let child = open(path, &with_format(options, options.format, false))?;
-        let parent = open(&parent_path, &parent_opts)?;
+        // The parent is opened for writing through the resolver again (its policy checks the
+        // opened file itself), never by the path found earlier, which could have been swapped.
+        let opened = Image::resolve_parent(&*options.resolver, Some(path), &parent_ref, true).with_file(path)?;
+        if opened.path != parent_path {
+            return Err(Error::new(
+                ErrorKind::ParentMismatch,
+                "the parent changed while committing; nothing was written",
+            )
+            .with_file(path));
+        }
+        let parent = crate::open_storage(opened.storage, Some(&opened.path), &parent_opts).with_file(&parent_path)?;
         disk_resize::commit_data(&child, &parent, |_, _| {}).with_file(&parent_path)?
     };
     // The child still reads the same; refresh its record of the parent where that changed.
