@@ -127,45 +127,31 @@ impl SparseExtent {
             bad.redundant_dir = true;
         }
         let gt_bytes = self.gt_bytes();
+        // Claim the table a directory entry names: `None` for an entry naming no table.
+        let claim_table = |space: &mut SpaceMap, e: u64| match self.gt_offset(e) {
+            Ok(Some(off)) => Some(claim_rounded(space, off, gt_bytes, SpaceKind::GrainTable).map(|()| off)),
+            Ok(None) => None,
+            Err(_) => Some(Err(past_end(
+                e.saturating_mul(SECTOR),
+                gt_bytes,
+                SpaceKind::GrainTable,
+                file_len,
+            ))),
+        };
         let mut sound = Vec::new();
-        for (i, &e) in (0u64..).zip(&gd) {
-            if e == 0 {
-                continue;
-            }
-            let claimed = match self.gt_offset(e) {
-                Ok(Some(off)) => claim_rounded(&mut space, off, gt_bytes, SpaceKind::GrainTable).map(|()| off),
-                Ok(None) => continue,
-                Err(_) => Err(past_end(
-                    e.saturating_mul(SECTOR),
-                    gt_bytes,
-                    SpaceKind::GrainTable,
-                    file_len,
-                )),
-            };
-            match claimed {
-                Ok(off) => sound.push((i, off)),
-                Err(c) => {
+        for (i, &e) in (0u64..).zip(&gd).filter(|(_, e)| **e != 0) {
+            match claim_table(&mut space, e) {
+                None => {}
+                Some(Ok(off)) => sound.push((i, off)),
+                Some(Err(c)) => {
                     note(&mut space, &format!("grain table {i}"), c);
                     bad.tables.insert(i);
                 }
             }
         }
         if let Some((entries, _)) = rgd.as_ref().filter(|_| !bad.redundant_dir) {
-            for (i, &e) in (0u64..).zip(entries) {
-                if e == 0 {
-                    continue;
-                }
-                let claimed = match self.gt_offset(e) {
-                    Ok(Some(off)) => claim_rounded(&mut space, off, gt_bytes, SpaceKind::GrainTable),
-                    Ok(None) => continue,
-                    Err(_) => Err(past_end(
-                        e.saturating_mul(SECTOR),
-                        gt_bytes,
-                        SpaceKind::GrainTable,
-                        file_len,
-                    )),
-                };
-                if let Err(c) = claimed {
+            for (i, &e) in (0u64..).zip(entries).filter(|(_, e)| **e != 0) {
+                if let Some(Err(c)) = claim_table(&mut space, e) {
                     note(&mut space, &format!("redundant grain table {i}"), c);
                     bad.redundant_tables.insert(i);
                 }
