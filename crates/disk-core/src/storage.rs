@@ -69,10 +69,32 @@ pub struct FileStorage {
 }
 
 impl FileStorage {
-    /// Open an existing file, read-only or read-write.
+    /// Open an existing file, read-only or read-write. Only regular files and block devices are
+    /// images: a FIFO, socket or character device is refused (`InvalidInput`), and opening one
+    /// never blocks.
     pub fn open(path: impl AsRef<Path>, writable: bool) -> io::Result<Self> {
         let path = path.as_ref();
-        let file = std::fs::OpenOptions::new().read(true).write(writable).open(path)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(writable);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+        }
+        let file = options.open(path)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileTypeExt;
+            let kind = file.metadata()?.file_type();
+            if kind.is_fifo() || kind.is_socket() || kind.is_char_device() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a regular file or block device",
+                ));
+            }
+            let flags = rustix::fs::fcntl_getfl(&file)?;
+            rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)?;
+        }
         Self::from_file(file, path)
     }
 

@@ -133,3 +133,23 @@ fn closed_stdout_is_not_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A FIFO or character device named as the image is refused at once (no blocking open, no
+/// endless read).
+#[test]
+fn fifo_or_character_device_as_the_image() {
+    let (_d, dir) = temp();
+    let fifo = dir.join("pipe.vhd");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: mkfifo is not available");
+        return;
+    }
+    let f = fifo.to_str().unwrap();
+    for args in [vec!["info", f], vec!["check", f], vec!["io", "-c", "write 0 1", f]] {
+        let e = clean_error(&vdisk(&args), 1);
+        assert!(e.contains("not a regular file or block device"), "{args:?}: {e}");
+    }
+    let e = clean_error(&vdisk(["info", "/dev/zero"]), 1);
+    assert!(e.contains("not a regular file or block device"), "{e}");
+}
