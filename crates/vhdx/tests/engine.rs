@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{create_mem, open_layer, open_mem, read_all};
+use common::{create_mem, dirty_image, open_layer, open_mem, read_all};
 use disk_core::{Disk, Driver, ErrorKind, MemStorage, Options, Storage};
 use std::sync::Arc;
 use vhdx::{LogState, VhdxDriver, VhdxLayer};
@@ -14,21 +14,9 @@ fn vhdx(disk: &disk_core::Image) -> &VhdxLayer {
     disk.top().as_any().downcast_ref::<VhdxLayer>().unwrap()
 }
 
-/// An image whose log holds one unreplayed entry (as a crash would leave it), and the
-/// contents it has after replay.
-fn dirty_image() -> (Arc<MemStorage>, Vec<u8>) {
-    let storage = create_mem(4 * MIB, "block_size=1M").unwrap();
-    let disk = open_mem(&storage, true).unwrap();
-    disk.write(3, &[0x5a; 1024]).unwrap();
-    let expected = read_all(&disk);
-    let dirty = Arc::new(storage.snapshot());
-    drop(disk);
-    (dirty, expected)
-}
-
 #[test]
 fn dirty_log_replays_in_memory_when_read_only() {
-    let (dirty, expected) = dirty_image();
+    let (dirty, expected) = dirty_image(4 * MIB);
     let before = dirty.to_vec();
     let disk = open_mem(&dirty, false).unwrap();
     assert_eq!(vhdx(&disk).log_state(), LogState::ReplayedInMemory(1));
@@ -41,7 +29,7 @@ fn dirty_log_replays_in_memory_when_read_only() {
 
 #[test]
 fn dirty_log_replays_into_the_file_when_writable() {
-    let (dirty, expected) = dirty_image();
+    let (dirty, expected) = dirty_image(4 * MIB);
     let disk = open_mem(&dirty, true).unwrap();
     assert_eq!(vhdx(&disk).log_state(), LogState::Replayed(1));
     assert!(vhdx(&disk).header().log_guid.is_nil());
@@ -182,7 +170,7 @@ fn hostile_images_fail_cleanly() {
         let d = open_mem(&base, true).unwrap();
         d.write(0, &vec![7u8; 3 * MIB as usize]).unwrap();
     }
-    let (dirty, _) = dirty_image();
+    let (dirty, _) = dirty_image(4 * MIB);
     let len = base.len().unwrap();
     let mut seed = 0x1234_5678_9abc_def1u64;
     for round in 0..300 {

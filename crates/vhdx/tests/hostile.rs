@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{create_mem, open_mem, read_all};
+use common::{create_mem, dirty_image, open_mem, read_all};
 use disk_core::{Disk, Driver, ErrorKind, Image, MemStorage, OpenOptions, Repair, Storage};
 use std::sync::Arc;
 use vhdx::VhdxDriver;
@@ -178,20 +178,9 @@ fn set_last_file_offset(s: &MemStorage, last: u64) {
     s.write_at(&e, MIB).unwrap();
 }
 
-/// An image whose log holds one unreplayed entry (a new block at the end).
-fn dirty_image() -> (Arc<MemStorage>, Vec<u8>) {
-    let storage = create_mem(8 * MIB, "block_size=1M").unwrap();
-    let disk = open_mem(&storage, true).unwrap();
-    disk.write(3, &[0x5a; 1024]).unwrap();
-    let expected = read_all(&disk);
-    let dirty = Arc::new(storage.snapshot());
-    drop(disk);
-    (dirty, expected)
-}
-
 #[test]
 fn log_replay_grows_the_file_only_as_far_as_its_structures_need() {
-    let (dirty, expected) = dirty_image();
+    let (dirty, expected) = dirty_image(8 * MIB);
     let len = dirty.len().unwrap();
     // 8 TiB: refused, read-only or not, and the file is left alone.
     let huge = Arc::new(dirty.snapshot());
@@ -389,7 +378,7 @@ fn the_log_scan_alone_takes_any_bytes() {
     assert_eq!(vhdx::scan_log(&[], guid, MIB).unwrap(), None);
     assert_eq!(vhdx::scan_log(&[0u8; 4096], MsGuid::NIL, MIB).unwrap(), None);
     // The log of a real dirty image, as the scan sees it: one entry.
-    let (dirty, _) = dirty_image();
+    let (dirty, _) = dirty_image(8 * MIB);
     let mut log = vec![0u8; MIB as usize];
     dirty.read_at(&mut log, MIB).unwrap();
     let mut h = vec![0u8; 4096];

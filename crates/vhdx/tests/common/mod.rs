@@ -63,3 +63,16 @@ pub fn open_file(path: &Path, writable: bool) -> Result<Image> {
 pub fn open_mem(storage: &Arc<MemStorage>, writable: bool) -> Result<Image> {
     Ok(Image::single(open_layer(storage.clone(), writable)?, None))
 }
+
+/// A dynamic image of `size` bytes (1 MiB blocks) whose log holds one unreplayed entry (a new
+/// block, as a crash would leave it), and the contents it has after replay.
+pub fn dirty_image(size: u64) -> (Arc<MemStorage>, Vec<u8>) {
+    use disk_core::Disk;
+    let storage = create_mem(size, "block_size=1M").unwrap();
+    let disk = open_mem(&storage, true).unwrap();
+    disk.write(3, &[0x5a; 1024]).unwrap();
+    let expected = read_all(&disk);
+    let dirty = Arc::new(storage.snapshot());
+    drop(disk);
+    (dirty, expected)
+}
