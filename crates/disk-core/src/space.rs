@@ -403,15 +403,6 @@ impl SpaceMap {
             }
         })
     }
-
-    /// The kind recorded at byte `offset`, if any.
-    pub fn kind_at(&self, offset: u64) -> Option<SpaceKind> {
-        self.ranges
-            .range(..=offset)
-            .next_back()
-            .filter(|(_, (e, _))| *e > offset)
-            .map(|(_, &(_, k))| k)
-    }
 }
 
 #[cfg(test)]
@@ -439,8 +430,6 @@ mod tests {
         m.claim(8192, 512, SpaceKind::Data).unwrap();
         // Merged with its neighbour of the same kind.
         assert_eq!(m.ranges().count(), 3);
-        assert_eq!(m.kind_at(8700), Some(SpaceKind::Data));
-        assert_eq!(m.kind_at(2000), None);
     }
 
     #[test]

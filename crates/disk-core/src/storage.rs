@@ -50,6 +50,32 @@ pub trait Storage: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// Whether all `len` bytes from `offset` read as zeros. Holes ([`Storage::allocation`]) are
+    /// skipped without reading; data is read in chunks of at most 1 MiB.
+    fn reads_as_zeros(&self, offset: u64, len: u64) -> io::Result<bool> {
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| io::Error::other("range past 2^64"))?;
+        let mut buf = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let (data, n) = self.allocation(pos, end - pos)?;
+            let n = n.clamp(1, end - pos);
+            if !data {
+                pos += n;
+                continue;
+            }
+            let step = n.min(ZERO_CHUNK as u64);
+            buf.resize(step as usize, 0);
+            self.read_at(&mut buf, pos)?;
+            if buf.iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            pos += step;
+        }
+        Ok(true)
+    }
+
     /// Whether the bytes from `offset` are data (`true`) or a hole that reads as zeros (`false`),
     /// and for how many bytes (at least 1, at most `len`) that stays so. The default says "data".
     fn allocation(&self, offset: u64, len: u64) -> io::Result<(bool, u64)> {

@@ -111,11 +111,11 @@ pub(crate) fn check(l: &VhdxLayer, repair: Repair) -> Result<CheckReport> {
                 remaining.push(p.clone());
             }
         }
-        note_omitted(&mut r.repaired, problems.omitted());
+        r.repaired.add_omitted(problems.omitted());
         lock(&l.state).problems = remaining;
     } else {
         r.corruptions.extend(problems.iter().cloned());
-        note_omitted(&mut r.corruptions, problems.omitted());
+        r.corruptions.add_omitted(problems.omitted());
         lock(&l.state).problems = problems;
     }
     match l.log_state {
@@ -168,28 +168,21 @@ pub(crate) fn check(l: &VhdxLayer, repair: Repair) -> Result<CheckReport> {
     Ok(r)
 }
 
-/// Say how many findings had no room for a message.
-fn note_omitted(f: &mut Findings, omitted: u64) {
-    if omitted > 0 {
-        f.push(format!("and {omitted} more like these"));
-    }
-}
-
 /// The whole MiBs inside `gaps` (unrecorded space of the file) that hold data, merged into
 /// runs: space the image does not refer to. Zeroed space (what a discard leaves behind) is
 /// free space the format has no way to record, not a leak. Reads at most the file's length.
 fn leaked_data(l: &VhdxLayer, gaps: &[(u64, u64)], file_len: u64) -> Result<Vec<(u64, u64)>> {
     let mut runs: Vec<(u64, u64)> = Vec::new();
-    let mut buf = vec![0u8; MIB as usize];
     for &(start, len) in gaps {
         let Some(mut at) = start.checked_next_multiple_of(MIB) else {
             continue;
         };
         let end = start.saturating_add(len).min(file_len) & !(MIB - 1);
         while at < end {
-            l.io.read_at(&mut buf, at)
-                .io_context("reading unreferenced space", at)?;
-            if buf.iter().any(|&b| b != 0) {
+            let zero =
+                l.io.reads_as_zeros(at, MIB)
+                    .io_context("reading unreferenced space", at)?;
+            if !zero {
                 let full = runs.len() >= disk_core::MAX_CHECK_DETAILS;
                 match runs.last_mut() {
                     Some((s, n)) if s.saturating_add(*n) == at => *n = n.saturating_add(MIB),

@@ -280,6 +280,18 @@ impl SparseExtent {
         Ok(self.lookup_span(g)?.0)
     }
 
+    /// Write `table` (a grain table's bytes) at a new place taken from `space`; its offset. The
+    /// caller flushes before linking it in.
+    pub(crate) fn write_new_table(&self, space: &mut SpaceMap, table: &[u8]) -> Result<u64> {
+        let span = self.gt_bytes().div_ceil(SECTOR).saturating_mul(SECTOR);
+        let at = space.allocate(span, SECTOR, SpaceKind::GrainTable, MAX_FILE_BYTES)?;
+        self.storage
+            .write_at(table, at)
+            .io_context("writing a grain table", at)?;
+        self.file_len.fetch_max(space.file_len(), Ordering::AcqRel);
+        Ok(at)
+    }
+
     /// Where grain `g` lives, and for how many grains from `g` the answer is the same without
     /// looking further (a whole missing grain table answers at once; otherwise 1).
     // Sector arithmetic on a validated layout: `lba < capacity` (callers check ranges) and
@@ -607,26 +619,13 @@ impl SparseExtent {
             let mut table = vec![0u8; self.gt_bytes() as usize];
             let p = (in_table * 4) as usize;
             table[p..p + 4].copy_from_slice(&entry.to_le_bytes());
-            let span = self.gt_bytes().div_ceil(SECTOR) * SECTOR;
-            let primary = alloc
-                .space
-                .allocate(span, SECTOR, SpaceKind::GrainTable, MAX_FILE_BYTES)?;
-            self.storage
-                .write_at(&table, primary)
-                .io_context("writing a grain table", primary)?;
+            let primary = self.write_new_table(&mut alloc.space, &table)?;
             let redundant_sound = rgd_entry.is_some() && !self.bad_entries().redundant_dir;
             let redundant = if redundant_sound {
-                let r = alloc
-                    .space
-                    .allocate(span, SECTOR, SpaceKind::GrainTable, MAX_FILE_BYTES)?;
-                self.storage
-                    .write_at(&table, r)
-                    .io_context("writing a grain table", r)?;
-                Some(r)
+                Some(self.write_new_table(&mut alloc.space, &table)?)
             } else {
                 None
             };
-            self.file_len.fetch_max(alloc.space.file_len(), Ordering::AcqRel);
             self.storage.flush().io_context("flushing grain tables", primary)?;
             let p_sector = u32::try_from(primary / SECTOR).map_err(|_| Error::unsupported("extent too large"))?;
             let o = self.gd_offset + gd_index * 4;

@@ -331,7 +331,12 @@ impl SparseExtent {
                     self.file_len.store(start, Ordering::Release);
                     scan.set_file_len(start);
                     repaired.push(format!("{name}: freed {len:#x} leaked bytes at the end ({start:#x})"));
-                } else if Some((start, len)) == tail || !self.reads_zero(start, len)? {
+                } else if Some((start, len)) == tail
+                    || !self
+                        .storage
+                        .reads_as_zeros(start, len)
+                        .io_context("reading unused space", start)?
+                {
                     leaks.push(format!(
                         "{name}: {len:#x} bytes at {start:#x} are not used by any structure"
                     ));
@@ -340,27 +345,6 @@ impl SparseExtent {
         }
         self.alloc.lock().unwrap_or_else(|e| e.into_inner()).space = scan;
         Ok(allocated)
-    }
-
-    /// Whether `len` bytes at `start` read as zeros: unused space inside the file that holds
-    /// nothing (what a zeroed old directory leaves) is not reported as leaked. Reads in bounded
-    /// chunks; the total is bounded by the file size.
-    fn reads_zero(&self, start: u64, len: u64) -> Result<bool> {
-        const CHUNK: u64 = 1 << 20;
-        let mut buf = vec![0u8; CHUNK.min(len) as usize];
-        let mut at = start;
-        let end = start.saturating_add(len);
-        while at < end {
-            let n = CHUNK.min(end.saturating_sub(at)) as usize;
-            self.storage
-                .read_at(&mut buf[..n], at)
-                .io_context("reading unused space", at)?;
-            if buf[..n].iter().any(|&b| b != 0) {
-                return Ok(false);
-            }
-            at = at.saturating_add(n as u64);
-        }
-        Ok(true)
     }
 
     /// [`SparseExtent::install`] returning the space map (the caller puts it back).
@@ -463,14 +447,8 @@ impl SparseExtent {
                 let mut table = self.read_raw(primary)?;
                 // Entries dropped above are dropped in the copy too (already zero on disk).
                 table.resize(usize::try_from(span).unwrap_or(0), 0);
-                let at = alloc
-                    .space
-                    .allocate(span, SECTOR, SpaceKind::GrainTable, super::MAX_FILE_BYTES)?;
-                self.storage
-                    .write_at(&table, at)
-                    .io_context("writing a grain table copy", at)?;
+                let at = self.write_new_table(&mut alloc.space, &table)?;
                 self.storage.flush().io_context("flushing a grain table copy", at)?;
-                self.file_len.fetch_max(alloc.space.file_len(), Ordering::AcqRel);
                 let sector = u32::try_from(at / SECTOR)
                     .map_err(|_| Error::unsupported("the extent is too large for 32-bit grain directory entries"))?;
                 let dir_at = entry_at(*rgd_at, t).ok_or_else(|| Error::corrupt("grain directory offset overflows"))?;
