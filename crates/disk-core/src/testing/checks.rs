@@ -1,5 +1,5 @@
 //! The suite's functional checks: model comparison, boundaries, read-only refusal, block status,
-//! discard and concurrent reads.
+//! discard, concurrent reads and concurrent writes.
 
 use crate::disk::{Allocation, Disk};
 use crate::error::{ErrorKind, Result};
@@ -7,7 +7,7 @@ use crate::image::Image;
 use crate::storage::Storage;
 use crate::testing::conformance::{Capabilities, ImageFactory};
 use crate::testing::faulty::FaultyStorage;
-use crate::testing::model::{Model, Op, compare_read, compare_with_model, pattern_run};
+use crate::testing::model::{Model, Op, SectorContent, compare_read, compare_with_model, pattern_run, scan_disk};
 use crate::testing::strategy::{Config, ops_strategy, runner};
 use proptest::test_runner::TestCaseError;
 use std::fmt::Debug;
@@ -418,6 +418,226 @@ fn concurrent_reads(factory: &dyn ImageFactory) -> Outcome {
             .into_iter()
             .try_for_each(|h| h.join().unwrap_or_else(|_| Err("a reader panicked".into())))
     })
+}
+
+/// Write one image from four threads at once: no write may be lost, torn or misplaced.
+///
+/// Each thread writes its own ranges (one to several sectors up to more than an allocation unit;
+/// inside units, across a unit boundary and spanning a whole unit; in units the other threads
+/// write too), all threads also write one shared "racing" range across a unit boundary again and
+/// again (between their own writes, then all together at the end), and each thread flushes once
+/// midway. Afterwards every sector of a thread's own ranges
+/// holds that thread's write, every racing sector holds a whole sector of one of the racing writes
+/// (not zeros, not a mix), everything else reads as zeros, and block status is consistent. After a
+/// flush and a read-only reopen the same must hold, with each racing sector unchanged.
+pub fn check_concurrent_writes(factory: &dyn ImageFactory) {
+    report(factory, "concurrent writes", concurrent_writes(factory));
+}
+
+/// Threads of [`check_concurrent_writes`].
+const WRITERS: u64 = 4;
+/// Own writes per thread in the shared regions (plus one large write each).
+const SLOTS: u64 = 6;
+/// Racing writes per thread after all own writes (each own write is followed by one too).
+const RACING_TAIL: u64 = 4;
+
+/// The id of thread `t`'s own write `w` (`racing`: its racing write `w`), non-zero and decodable.
+fn writer_id(t: u64, w: u64, racing: bool) -> u32 {
+    (1 + t * 100 + w + if racing { 50 } else { 0 }) as u32
+}
+
+/// "thread T's write W" (or racing write) for a write id made by [`writer_id`].
+fn describe_writer(id: u32) -> String {
+    if id == 0 {
+        return "zeros".into();
+    }
+    let (t, w) = ((id - 1) / 100, (id - 1) % 100);
+    if w >= 50 {
+        format!("thread {t}'s racing write {} (#{id})", w - 50)
+    } else {
+        format!("thread {t}'s write {w} (#{id})")
+    }
+}
+
+/// What the threads of [`check_concurrent_writes`] do.
+struct WritePlan {
+    /// Per thread, its phases (all threads start each phase together), each a list of
+    /// `(op, id)`; `Op::Flush` once midway.
+    phases: Vec<[Vec<(Op, u32)>; 2]>,
+    /// What the own (non-racing) writes leave behind: they never overlap, so order is irrelevant.
+    model: Model,
+    /// The racing range (first sector, count).
+    racing: (u64, u64),
+    /// The ids of every racing write.
+    racing_ids: Vec<u32>,
+}
+
+/// Lay out the writes over a disk of `n` sectors whose allocation unit is `unit` sectors.
+///
+/// The disk is cut into pieces of `s` sectors (the unit, halved until 24 pieces fit, at least 16
+/// sectors), so that piece boundaries are unit boundaries where the disk is big enough. Pieces
+/// 0..12 are six regions of two pieces, each written by all threads: one write across the middle
+/// boundary, one right before and one right after it (adjacent sectors, no gap), and one at the
+/// region's start (the roles rotate, so every thread gets each); the rest of a region stays
+/// unwritten. Pieces 12..18 hold one write of more than a piece per thread; the racing range
+/// straddles the boundary at piece 19; pieces 20.. stay unwritten. Each own write is followed by a
+/// racing write; once all threads are done with theirs they race [`RACING_TAIL`] more times.
+fn write_plan(n: u64, unit: u64) -> std::result::Result<WritePlan, String> {
+    let mut s = unit.max(1);
+    while s > n / 24 && s > 16 {
+        s /= 2;
+    }
+    let s = s.max(16);
+    if 24 * s > n {
+        return Err(format!(
+            "a disk of {n} sectors is too small for this check (it needs at least {})",
+            24 * 16
+        ));
+    }
+    let q = s / 8;
+    let mut model = Model::new(n);
+    let racing = (19 * s - q.min(16), 2 * q.min(16));
+    let racing_op = Op::Write {
+        lba: racing.0,
+        count: racing.1,
+    };
+    let mut phases = Vec::new();
+    let mut racing_ids = Vec::new();
+    for t in 0..WRITERS {
+        let mut own = Vec::new();
+        for w in 0..SLOTS {
+            let base = 2 * s * w;
+            let m = base + s;
+            // The boundary write covers `before` sectors before `m` and `after` from it; the
+            // writes before and after it touch it, so threads write neighbouring sectors.
+            let (before, after) = (1 + w % (2 * q), 1 + (3 * w) % (2 * q));
+            let (lba, count) = match (t + w) % 4 {
+                0 => (m - before, before + after),
+                1 => (base + w % 2, 1 + (5 * w) % (3 * q)),
+                2 => (m + after, 3 * q + w % 3),
+                _ => {
+                    let len = 1 + (7 * w) % (2 * q);
+                    (m - before - len, len)
+                }
+            };
+            own.push((Op::Write { lba, count }, writer_id(t, w, false)));
+        }
+        own.push((
+            Op::Write {
+                lba: 12 * s + t * 12 * q + q,
+                count: s + 2 * q,
+            },
+            writer_id(t, SLOTS, false),
+        ));
+        let mut thread_ops = Vec::new();
+        for (k, (op, id)) in own.into_iter().enumerate() {
+            let (lba, count) = op.range().expect("writes have a range");
+            if (lba..lba + count).any(|l| model.get(l) != 0) || (lba + count > racing.0 && lba < racing.0 + racing.1) {
+                return Err(format!("internal: the plan's {op:?} overlaps another write"));
+            }
+            model.apply(&op, id);
+            thread_ops.push((op, id));
+            racing_ids.push(writer_id(t, k as u64, true));
+            thread_ops.push((racing_op, writer_id(t, k as u64, true)));
+            if k as u64 == SLOTS / 2 {
+                thread_ops.push((Op::Flush, 0));
+            }
+        }
+        let tail: Vec<_> = (SLOTS + 1..SLOTS + 1 + RACING_TAIL)
+            .map(|k| (racing_op, writer_id(t, k, true)))
+            .collect();
+        racing_ids.extend(tail.iter().map(|&(_, id)| id));
+        phases.push([thread_ops, tail]);
+    }
+    Ok(WritePlan {
+        phases,
+        model,
+        racing,
+        racing_ids,
+    })
+}
+
+/// Compare the whole disk with `plan`; returns the id each racing sector holds, which must equal
+/// `before` when given.
+fn verify_writes(disk: &dyn Disk, plan: &WritePlan, before: Option<&[u32]>) -> std::result::Result<Vec<u32>, String> {
+    let (r0, rn) = plan.racing;
+    let mut racing = Vec::new();
+    scan_disk(disk, |lba, got| {
+        if (r0..r0 + rn).contains(&lba) {
+            let id = match got {
+                SectorContent::Id(id) if plan.racing_ids.contains(&id) => id,
+                other => {
+                    return Err(format!(
+                        "racing sector {lba} holds {other}, expected a whole sector of one racing write"
+                    ));
+                }
+            };
+            if let Some(prev) = before.and_then(|b| b.get(racing.len()))
+                && *prev != id
+            {
+                return Err(format!(
+                    "racing sector {lba} held {} and now holds {}",
+                    describe_writer(*prev),
+                    describe_writer(id)
+                ));
+            }
+            racing.push(id);
+            return Ok(());
+        }
+        let want = plan.model.get(lba);
+        if got == SectorContent::Id(want) {
+            return Ok(());
+        }
+        let got = match got {
+            SectorContent::Id(id) => describe_writer(id),
+            SectorContent::Misplaced { id, lba } => format!("{}'s data for sector {lba}", describe_writer(id)),
+            SectorContent::Garbage => got.to_string(),
+        };
+        Err(format!("sector {lba} holds {got}, expected {}", describe_writer(want)))
+    })?;
+    Ok(racing)
+}
+
+fn concurrent_writes(factory: &dyn ImageFactory) -> Outcome {
+    let (storage, disk) = fresh(factory)?;
+    let n = disk.sector_count();
+    let ss = u64::from(disk.sector_size());
+    let plan = write_plan(n, factory.capabilities().granularity / ss)?;
+    let barrier = std::sync::Barrier::new(plan.phases.len());
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = plan
+            .phases
+            .iter()
+            .enumerate()
+            .map(|(t, phases)| {
+                let (disk, barrier) = (&disk, &barrier);
+                scope.spawn(move || -> Outcome {
+                    let mut failed = None;
+                    for ops in phases {
+                        // Every thread reaches every barrier, even after a failure.
+                        barrier.wait();
+                        for (op, id) in ops {
+                            if failed.is_none() {
+                                failed = ctx(format!("thread {t}: {op:?}"), op.perform(disk, *id)).err();
+                            }
+                        }
+                    }
+                    failed.map_or(Ok(()), Err)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().unwrap_or_else(|_| Err("a writer panicked".into())))
+    })?;
+    let offsets = storage_if(&factory.capabilities(), &storage);
+    let racing = verify_writes(&disk, &plan, None).map_err(|e| format!("after the writes: {e}"))?;
+    verify_block_status(&disk, offsets.as_deref()).map_err(|e| format!("after the writes: {e}"))?;
+    ctx("flush", disk.flush())?;
+    drop(disk);
+    let disk = ctx("reopening read-only", factory.open(storage, false))?;
+    verify_writes(&disk, &plan, Some(&racing)).map_err(|e| format!("after reopening: {e}"))?;
+    verify_block_status(&disk, offsets.as_deref()).map_err(|e| format!("after reopening: {e}"))
 }
 
 /// Random sequences of reads, writes, `write_zeroes`, discards and flushes (proptest,

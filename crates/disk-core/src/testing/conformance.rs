@@ -185,6 +185,7 @@ pub fn run_conformance_with(factory: &dyn ImageFactory, config: &Config) {
     checks::check_read_only(factory);
     checks::check_discard(factory);
     checks::check_concurrent_reads(factory);
+    checks::check_concurrent_writes(factory);
     checks::check_model(factory, config);
     crash_check::check_crash_consistency(factory, config);
     crash_check::check_io_errors(factory, config);
@@ -220,6 +221,10 @@ macro_rules! conformance_tests {
         #[test]
         fn conformance_concurrent_reads() {
             $crate::testing::check_concurrent_reads(&$factory);
+        }
+        #[test]
+        fn conformance_concurrent_writes() {
+            $crate::testing::check_concurrent_writes(&$factory);
         }
         #[test]
         fn conformance_model() {

@@ -5,6 +5,8 @@
 //! - [`CrashStorage`]: in-memory storage that loses power at the Nth write or flush and rebuilds
 //!   what the medium would hold afterwards ([`CrashMode`]: all unflushed writes lost, all landed,
 //!   the crashing write torn, a seeded subset landed).
+//! - [`LatencyStorage`]: wraps a [`Storage`](crate::Storage) and sleeps a fixed time before each
+//!   I/O, to measure or race engines as if on a slow device while the bytes stay in memory.
 //! - The **conformance suite** every format engine runs: implement [`ImageFactory`] (or use
 //!   [`DriverFactory`]) and call [`run_conformance`], or expand
 //!   [`conformance_tests!`](crate::conformance_tests) for one `#[test]` per check. The model
@@ -31,6 +33,7 @@ mod crash;
 mod crash_check;
 mod faulty;
 pub mod interop;
+mod latency;
 #[cfg(target_os = "linux")]
 mod loop_device;
 mod model;
@@ -41,12 +44,14 @@ mod tests;
 mod toy;
 
 pub use checks::{
-    check_boundaries, check_concurrent_reads, check_discard, check_model, check_read_only, verify_block_status,
+    check_boundaries, check_concurrent_reads, check_concurrent_writes, check_discard, check_model, check_read_only,
+    verify_block_status,
 };
 pub use conformance::{Capabilities, DEFAULT_SIZE, DriverFactory, ImageFactory, run_conformance, run_conformance_with};
 pub use crash::{CrashMode, CrashPoint, CrashStorage, for_each_crash};
 pub use crash_check::{check_crash_consistency, check_io_errors};
 pub use faulty::{FaultPlan, FaultyStorage, OpCounts};
+pub use latency::LatencyStorage;
 #[cfg(target_os = "linux")]
 pub use loop_device::LoopDevice;
 pub use model::{
