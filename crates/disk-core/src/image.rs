@@ -4,8 +4,11 @@ use crate::disk::{Allocation, BlockStatus, Disk, SectorRange};
 use crate::driver::{LayerOpener, OpenContext};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layer::{Layer, LayerInfo, ParentRef};
+use crate::mapping::{Run, WriteRun};
+use crate::mover::{read_layer, write_layer};
 use crate::probe::Format;
 use crate::resolve::{DenyExternal, FileKind, FileRequest, Opened, Resolver};
+use crate::storage::Storage;
 use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -307,7 +310,7 @@ impl Disk for Image {
         if range.count == 0 {
             return Ok(());
         }
-        self.named(self.top().read(lba, buf, &self.below_top()))
+        self.named(read_layer(self.top(), lba, buf, &self.below_top()))
     }
     fn write(&self, lba: u64, buf: &[u8]) -> Result<()> {
         let range = SectorRange::for_buffer(self, lba, buf.len())?;
@@ -317,7 +320,7 @@ impl Disk for Image {
         if range.count == 0 {
             return Ok(());
         }
-        self.named(self.top().write(lba, buf, &self.below_top()))
+        self.named(write_layer(self.top(), lba, buf, &self.below_top()))
     }
     fn write_zeroes(&self, lba: u64, count: u64) -> Result<()> {
         SectorRange::check(self, lba, count)?;
@@ -393,7 +396,7 @@ impl Disk for Below<'_> {
                 sector_size: self.sector_size,
                 sectors: own,
             };
-            next.layer.read(lba, head, &below).map_err(|e| match &next.path {
+            read_layer(&*next.layer, lba, head, &below).map_err(|e| match &next.path {
                 Some(p) => e.with_file(p),
                 None => e,
             })?;
@@ -468,10 +471,16 @@ impl Layer for MissingLayer {
     fn is_read_only(&self) -> bool {
         true
     }
-    fn read(&self, _lba: u64, _buf: &mut [u8], _below: &dyn Disk) -> Result<()> {
+    fn map(&self, _lba: u64, _count: u64) -> Result<Run> {
         Err(self.error())
     }
-    fn write(&self, _lba: u64, _buf: &[u8], _below: &dyn Disk) -> Result<()> {
+    fn map_for_write(&self, _lba: u64, _count: u64) -> Result<WriteRun<'_>> {
+        Err(Error::read_only())
+    }
+    fn host_file(&self, _file: usize) -> Option<&Arc<dyn Storage>> {
+        None
+    }
+    fn write_zeroes(&self, _lba: u64, _count: u64, _below: &dyn Disk) -> Result<()> {
         Err(Error::read_only())
     }
     fn discard(&self, _lba: u64, _count: u64, _below: &dyn Disk) -> Result<()> {

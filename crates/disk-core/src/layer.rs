@@ -7,8 +7,11 @@
 
 use crate::disk::{BlockStatus, Disk};
 use crate::error::Result;
+use crate::mapping::{IoGate, Run, WriteRun};
 use crate::probe::Format;
+use crate::storage::Storage;
 use std::any::Any;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// A single image layer: one format engine's view of one image.
@@ -35,26 +38,43 @@ pub trait Layer: Send + Sync + Any {
     /// Whether this layer refuses writes.
     fn is_read_only(&self) -> bool;
 
-    /// Read sectors (range already validated against this layer's size); ranges this layer does
-    /// not hold come from `below`.
-    fn read(&self, lba: u64, buf: &mut [u8], below: &dyn Disk) -> Result<()>;
+    /// Where the run of this layer's sectors starting at `lba` lives (at most `count` sectors,
+    /// range validated). The I/O core reads the data; the engine only looks metadata up.
+    fn map(&self, lba: u64, count: u64) -> Result<Run>;
 
-    /// Write sectors (range validated); `below` supplies data for copy-on-write.
-    fn write(&self, lba: u64, buf: &[u8], below: &dyn Disk) -> Result<()>;
+    /// Where a write of up to `count` sectors from `lba` goes (range validated, layer writable):
+    /// an allocated host range, or one the engine reserves now and publishes through the
+    /// returned [`Completion`](crate::mapping::Completion) after the core wrote the data. No
+    /// engine lock may be held when this returns.
+    fn map_for_write(&self, lba: u64, count: u64) -> Result<WriteRun<'_>>;
 
-    /// Make sectors read as zeros (range validated). The default writes zero buffers.
-    fn write_zeroes(&self, lba: u64, count: u64, below: &dyn Disk) -> Result<()> {
-        let ss = u64::from(self.sector_size());
-        let per = ((1u64 << 20) / ss).max(1);
-        let zeros = vec![0u8; (per.min(count) * ss) as usize];
-        let mut pos = lba;
-        while pos < lba + count {
-            let n = per.min(lba + count - pos);
-            self.write(pos, &zeros[..(n * ss) as usize], below)?;
-            pos += n;
-        }
-        Ok(())
+    /// The layer's host file `file` (0 for single-file formats, one per extent for VMDK), as
+    /// mappings name it.
+    fn host_file(&self, file: usize) -> Option<&Arc<dyn Storage>>;
+
+    /// The gate that keeps space from being reused under in-flight I/O, for engines that reuse
+    /// freed space ([`IoGate`]).
+    fn io_gate(&self) -> Option<&IoGate> {
+        None
     }
+
+    /// Read sectors the layer mapped as [`Mapping::Special`](crate::mapping::Mapping::Special).
+    fn read_special(&self, lba: u64, buf: &mut [u8], below: &dyn Disk) -> Result<()> {
+        let _ = (lba, buf, below);
+        Err(crate::Error::corrupt(
+            "the image mapped sectors to a special read it does not provide",
+        ))
+    }
+
+    /// Write sectors the layer mapped as [`WriteTarget::Engine`](crate::mapping::WriteTarget).
+    fn write_special(&self, lba: u64, buf: &[u8], below: &dyn Disk) -> Result<()> {
+        let _ = (lba, buf, below);
+        Err(crate::Error::unsupported("the image cannot write these sectors"))
+    }
+
+    /// Make sectors read as zeros (range validated). Engines that store zeros as data use
+    /// [`write_zero_data`](crate::mover::write_zero_data).
+    fn write_zeroes(&self, lba: u64, count: u64, below: &dyn Disk) -> Result<()>;
 
     /// Discard sectors (range validated): afterwards they read as zeros, never as `below`'s data.
     fn discard(&self, lba: u64, count: u64, below: &dyn Disk) -> Result<()>;

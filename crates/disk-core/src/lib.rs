@@ -30,6 +30,7 @@ pub mod guid;
 mod image;
 mod layer;
 pub mod mapping;
+pub mod mover;
 pub mod ops;
 mod options;
 mod probe;

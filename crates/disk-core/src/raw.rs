@@ -4,6 +4,7 @@ use crate::disk::{Allocation, BlockStatus, Disk};
 use crate::driver::{CreateSpec, Driver, MeasureSource, Measurement, OpenContext};
 use crate::error::{Error, IoResultExt, Result};
 use crate::layer::{Layer, LayerInfo};
+use crate::mapping::{Mapping, Run, WriteRun};
 use crate::options::Options;
 use crate::probe::Format;
 use crate::storage::Storage;
@@ -54,7 +55,38 @@ impl Layer for RawLayer {
     fn is_read_only(&self) -> bool {
         self.read_only
     }
-    fn read(&self, lba: u64, buf: &mut [u8], _below: &dyn Disk) -> Result<()> {
+    fn map(&self, lba: u64, count: u64) -> Result<Run> {
+        let offset = lba * u64::from(SECTOR);
+        // Whole sectors map straight to the file; a partial last sector reads zero-padded.
+        let whole = self.size.saturating_sub(offset) / u64::from(SECTOR);
+        Ok(if whole == 0 {
+            Run {
+                sectors: 1,
+                mapping: Mapping::Special,
+            }
+        } else {
+            Run {
+                sectors: whole.min(count),
+                mapping: Mapping::data(offset),
+            }
+        })
+    }
+    fn map_for_write(&self, lba: u64, count: u64) -> Result<WriteRun<'_>> {
+        if self.read_only {
+            return Err(Error::read_only());
+        }
+        let offset = lba * u64::from(SECTOR);
+        let whole = self.size.saturating_sub(offset) / u64::from(SECTOR);
+        Ok(if whole == 0 {
+            WriteRun::engine(1)
+        } else {
+            WriteRun::overwrite(whole.min(count), offset)
+        })
+    }
+    fn host_file(&self, file: usize) -> Option<&Arc<dyn Storage>> {
+        (file == 0).then_some(&self.storage)
+    }
+    fn read_special(&self, lba: u64, buf: &mut [u8], _below: &dyn Disk) -> Result<()> {
         let offset = lba * u64::from(SECTOR);
         let n = self.inside(offset, buf.len());
         let (head, tail) = buf.split_at_mut(n);
@@ -64,10 +96,7 @@ impl Layer for RawLayer {
         tail.fill(0);
         Ok(())
     }
-    fn write(&self, lba: u64, buf: &[u8], _below: &dyn Disk) -> Result<()> {
-        if self.read_only {
-            return Err(Error::read_only());
-        }
+    fn write_special(&self, lba: u64, buf: &[u8], _below: &dyn Disk) -> Result<()> {
         let offset = lba * u64::from(SECTOR);
         let n = self.inside(offset, buf.len());
         self.storage

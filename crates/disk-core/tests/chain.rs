@@ -1,6 +1,7 @@
 //! Chains of layers: parents opened only through the resolver, with cycle and depth limits,
 //! identity checks, placeholders for missing parents, and reads/status falling through.
 
+use disk_core::mapping::{Mapping, Run, WriteRun};
 use disk_core::{
     Allocation, BlockStatus, DenyExternal, Disk, Error, ErrorKind, Format, Image, Layer, LayerInfo, MemResolver,
     MemStorage, MissingParent, OpenContext, OpenOptions, ParentRef, Result, Storage, ops,
@@ -75,16 +76,29 @@ impl Layer for TextLayer {
     fn is_read_only(&self) -> bool {
         false
     }
-    fn read(&self, lba: u64, buf: &mut [u8], below: &dyn Disk) -> Result<()> {
+    fn map(&self, lba: u64, _count: u64) -> Result<Run> {
+        let here = self.sectors.lock().unwrap().contains_key(&lba);
+        Ok(Run {
+            sectors: 1,
+            mapping: if here { Mapping::Special } else { Mapping::Unallocated },
+        })
+    }
+    fn map_for_write(&self, _lba: u64, count: u64) -> Result<WriteRun<'_>> {
+        Ok(WriteRun::engine(count))
+    }
+    fn host_file(&self, _file: usize) -> Option<&Arc<dyn Storage>> {
+        None
+    }
+    fn read_special(&self, lba: u64, buf: &mut [u8], _below: &dyn Disk) -> Result<()> {
         for (i, chunk) in buf.chunks_mut(512).enumerate() {
-            match self.sectors.lock().unwrap().get(&(lba + i as u64)) {
-                Some(&b) => chunk.fill(b),
-                None => below.read(lba + i as u64, chunk)?,
-            }
+            chunk.fill(self.sectors.lock().unwrap()[&(lba + i as u64)]);
         }
         Ok(())
     }
-    fn write(&self, lba: u64, buf: &[u8], _below: &dyn Disk) -> Result<()> {
+    fn write_zeroes(&self, lba: u64, count: u64, below: &dyn Disk) -> Result<()> {
+        self.discard(lba, count, below)
+    }
+    fn write_special(&self, lba: u64, buf: &[u8], _below: &dyn Disk) -> Result<()> {
         for (i, chunk) in buf.chunks(512).enumerate() {
             self.sectors.lock().unwrap().insert(lba + i as u64, chunk[0]);
         }

@@ -4,7 +4,7 @@ use crate::footer::{self, FooterSource};
 use crate::format::{BAT_FREE, DiskType, FOOTER_SIZE, Footer, HEADER_SIZE, SECTOR_SIZE, bitmap_get};
 use crate::header::{self, Sparse};
 use crate::parent::{self, Locator};
-use disk_core::mapping::{Mapping, Run, read_mapped};
+use disk_core::mapping::{Claims, Mapping, Run, WriteRun};
 use disk_core::{
     Allocation, BlockStatus, Conflict, Disk, Error, ErrorKind, Format, IoResultExt, Layer, LayerInfo, OpenContext,
     ParentRef, Result, Storage,
@@ -38,8 +38,11 @@ pub(crate) struct SparseState {
     pub(crate) bat: RwLock<Vec<u32>>,
     /// The file's length: every block is checked against it before use.
     pub(crate) file_len: AtomicU64,
-    /// Serialises writers and flushes; where the next block goes and what metadata waits.
+    /// Serialises reservations and flushes (never held across data I/O); where the next block
+    /// goes and what metadata waits.
     pub(crate) alloc: Mutex<AllocState>,
+    /// Blocks being allocated: one writer per block, the others wait for it.
+    pub(crate) claims: Claims,
     /// Sector bitmaps (differencing) changed in memory and not yet written: newer than the
     /// file, so readers look here first.
     pub(crate) bitmaps: RwLock<HashMap<u32, Vec<u8>>>,
@@ -58,6 +61,8 @@ pub(crate) struct SparseState {
 pub(crate) struct AllocState {
     /// Byte offset of the next block.
     pub(crate) free: u64,
+    /// End of the space reserved for new blocks, where the footer is (at least `free`).
+    pub(crate) chunk_end: u64,
     /// BAT entries set in memory and not yet on disk.
     pub(crate) bat_dirty: BTreeMap<u32, u32>,
 }
@@ -150,10 +155,12 @@ impl VhdLayer {
             file_len: AtomicU64::new(file_len),
             alloc: Mutex::new(AllocState {
                 free,
+                chunk_end: free,
                 bat_dirty: BTreeMap::new(),
             }),
             bitmaps: RwLock::new(HashMap::new()),
             bad: RwLock::new(audit.bad),
+            claims: Claims::new(),
         });
         Ok(layer)
     }
@@ -360,41 +367,40 @@ impl Layer for VhdLayer {
         self.read_only
     }
 
-    fn read(&self, lba: u64, buf: &mut [u8], below: &dyn Disk) -> Result<()> {
+    fn map(&self, lba: u64, count: u64) -> Result<Run> {
         let Some(sp) = &self.sparse else {
-            let at = lba * SECTOR_SIZE;
-            return self.storage.read_at(buf, at).io_context("reading data", at);
+            return Ok(Run {
+                sectors: count,
+                mapping: Mapping::data(lba * SECTOR_SIZE),
+            });
         };
-        let differencing = self.disk_type == DiskType::Differencing;
-        let mut cache = None;
-        read_mapped(lba, buf, SECTOR_SIZE as u32, &*self.storage, below, |lba, max| {
-            let (loc, sectors) = self.locate(sp, lba, max, &mut cache)?;
-            let mapping = match loc {
-                Loc::Data(at) => Mapping::Data(at),
-                Loc::Free if !differencing => Mapping::Zero,
-                Loc::Free | Loc::Clear => Mapping::Unallocated,
-            };
-            Ok(Run { sectors, mapping })
-        })
+        let (loc, sectors) = self.locate(sp, lba, count, &mut None)?;
+        let mapping = match loc {
+            Loc::Data(at) => Mapping::data(at),
+            Loc::Free if self.disk_type != DiskType::Differencing => Mapping::Zero,
+            Loc::Free | Loc::Clear => Mapping::Unallocated,
+        };
+        Ok(Run { sectors, mapping })
     }
 
-    fn write(&self, lba: u64, buf: &[u8], _below: &dyn Disk) -> Result<()> {
+    fn map_for_write(&self, lba: u64, count: u64) -> Result<WriteRun<'_>> {
         self.writable()?;
         match &self.sparse {
-            None => {
-                let at = lba * SECTOR_SIZE;
-                self.storage.write_at(buf, at).io_context("writing data", at)
-            }
-            Some(sp) => self.write_sparse(sp, lba, buf.len() as u64 / SECTOR_SIZE, Some(buf)),
+            None => Ok(WriteRun::overwrite(count, lba * SECTOR_SIZE)),
+            Some(sp) => self.map_write(sp, lba, count),
         }
     }
 
-    fn write_zeroes(&self, lba: u64, count: u64, _below: &dyn Disk) -> Result<()> {
-        self.zero(lba, count)
+    fn host_file(&self, file: usize) -> Option<&Arc<dyn Storage>> {
+        (file == 0).then_some(&self.storage)
     }
 
-    fn discard(&self, lba: u64, count: u64, _below: &dyn Disk) -> Result<()> {
-        self.zero(lba, count)
+    fn write_zeroes(&self, lba: u64, count: u64, below: &dyn Disk) -> Result<()> {
+        self.zero(lba, count, below)
+    }
+
+    fn discard(&self, lba: u64, count: u64, below: &dyn Disk) -> Result<()> {
+        self.zero(lba, count, below)
     }
 
     fn flush(&self) -> Result<()> {

@@ -195,6 +195,7 @@ impl VhdLayer {
             }
         }
         state.free = free;
+        state.chunk_end = free;
         sp.file_len.store(free + FOOTER_SIZE, Ordering::Release);
         *write_lock(&sp.bat) = bat;
         Ok(())
@@ -442,6 +443,7 @@ impl VhdLayer {
             .io_context("writing the footer", free)?;
         self.flush_storage("flushing the footer")?;
         state.free = free;
+        state.chunk_end = free;
         sp.file_len.store(free + FOOTER_SIZE, Ordering::Release);
         Ok(())
     }

@@ -1,132 +1,192 @@
-//! The write path of dynamic and differencing disks: allocating blocks at the end of the file,
-//! setting sector bitmap bits, and writing the metadata that makes new data visible only after
-//! the data is durable.
+//! The write path of dynamic and differencing disks. Writers map a block ([`VhdLayer::map_write`]):
+//! an allocated block is written in place; a free one is reserved past the used end under a short
+//! lock (claimed per block), the I/O core writes the data, and the completion writes the new
+//! block's sector bitmap and publishes its BAT entry in memory. BAT entries and changed bitmaps
+//! reach the file at the next flush, after the data is durable (flush, metadata, flush).
+//!
+//! The file always ends in a valid footer: space for new blocks is reserved in chunks, each
+//! with the footer written at its end before a block of it is handed out, and a flush moves the
+//! footer back to the end of the last reserved block.
 
-use crate::format::{BAT_FREE, DiskType, FOOTER_SIZE, SECTOR_SIZE, bitmap_set};
+use crate::format::{BAT_FREE, DiskType, FOOTER_SIZE, SECTOR_SIZE, bitmap_get, bitmap_set};
 use crate::layer::{AllocState, MAX_PENDING, SparseState, VhdLayer, lock, read_lock, write_lock};
+use disk_core::mapping::{Completion, WriteRun};
 use disk_core::{Error, IoResultExt, Result};
 use std::sync::atomic::Ordering;
 use zerocopy::IntoBytes;
 
+/// Blocks reserved at once when the file grows (one footer write per chunk).
+const CHUNK_BLOCKS: u64 = 16;
+
 impl VhdLayer {
-    /// Write `count` sectors from `lba`: `data` (or zeros when `None`, which also releases host
-    /// space where it can).
-    pub(crate) fn write_sparse(&self, sp: &SparseState, lba: u64, count: u64, data: Option<&[u8]>) -> Result<()> {
-        let mut state = lock(&sp.alloc);
+    /// Where a write of up to `count` sectors from `lba` of a sparse disk goes: one block's
+    /// worth at most.
+    pub(crate) fn map_write<'a>(&'a self, sp: &'a SparseState, lba: u64, count: u64) -> Result<WriteRun<'a>> {
         let spb = sp.layout.block_sectors();
-        let bitmap_size = sp.layout.bitmap_size;
+        let block = lba / spb;
+        let within = lba % spb;
+        let n = (spb - within).min(count);
+        let index = u32::try_from(block).map_err(|_| Error::out_of_range("sector past the BAT"))?;
         let differencing = self.disk_type == DiskType::Differencing;
-        // The real length (a failed earlier allocation may have left bytes past what we
-        // track), read once, on the first allocation.
-        let mut real_len: Option<u64> = None;
-        let mut next_free = state.free;
-        let mut new_entries: Vec<(u32, u32)> = Vec::new();
-        let mut pos = lba;
-        let end = lba + count;
-        while pos < end {
-            let block = pos / spb;
-            let within = pos % spb;
-            let n = (spb - within).min(end - pos);
-            let piece = data.map(|d| {
-                let from = ((pos - lba) * SECTOR_SIZE) as usize;
-                &d[from..from + (n * SECTOR_SIZE) as usize]
+        let entry = self.bat_entry(sp, block)?;
+        if entry != BAT_FREE {
+            let start = self.check_block(sp, index, entry)?;
+            let at = start + sp.layout.bitmap_size + within * SECTOR_SIZE;
+            if !differencing {
+                return Ok(WriteRun::overwrite(n, at));
+            }
+            let bitmap = self.current_bitmap(sp, index, start)?;
+            if (within..within + n).all(|s| bitmap_get(&bitmap, s as usize)) {
+                return Ok(WriteRun::overwrite(n, at));
+            }
+            // The sectors become the child's once the data is there.
+            let completion = Completion::new(move |written| {
+                if written {
+                    self.set_bits(sp, index, start, within, n)?;
+                }
+                Ok(())
             });
-            let index = u32::try_from(block).map_err(|_| Error::out_of_range("sector past the BAT"))?;
-            let entry = *read_lock(&sp.bat)
-                .get(block as usize)
-                .ok_or_else(|| Error::out_of_range(format!("block {block} lies past the BAT")))?;
-            let whole_block = within == 0 && (n == spb || pos + n == self.virtual_size / SECTOR_SIZE);
-            if entry != BAT_FREE && piece.is_none() && whole_block && !differencing {
-                // Discarding a whole block of a dynamic disk frees it: its space is released in
-                // the file now and its BAT entry is cleared at the next flush (until then it
-                // reads as the zeros it now holds).
-                let start = self.check_block(sp, index, entry)?;
-                self.put(start + bitmap_size, n * SECTOR_SIZE, None)?;
-                write_lock(&sp.bat)[block as usize] = BAT_FREE;
-                state.bat_dirty.insert(index, BAT_FREE);
-            } else if entry != BAT_FREE {
-                let start = self.check_block(sp, index, entry)?;
-                let at = start + bitmap_size + within * SECTOR_SIZE;
-                self.put(at, n * SECTOR_SIZE, piece)?;
-                if differencing {
-                    let mut bitmap = self.current_bitmap(sp, index, start)?;
-                    let before = bitmap.clone();
-                    for s in within..within + n {
-                        bitmap_set(&mut bitmap, s as usize);
-                    }
-                    if bitmap != before {
-                        write_lock(&sp.bitmaps).insert(index, bitmap);
-                    }
-                }
-            } else {
-                let zero = piece.is_none_or(|p| p.iter().all(|&b| b == 0));
-                if !differencing && zero {
-                    // An unallocated block of a dynamic disk already reads as zeros.
-                    pos += n;
-                    continue;
-                }
-                let start = next_free;
-                let new_entry = u32::try_from(start / SECTOR_SIZE)
-                    .ok()
-                    .filter(|&e| e != BAT_FREE)
-                    .ok_or_else(|| Error::unsupported("the image file has grown past what a BAT entry can address"))?;
-                next_free = start + sp.layout.block_footprint();
-                let file_len = match real_len {
-                    Some(l) => l,
-                    None => *real_len.insert(self.storage.len().io_context("reading the file size", start)?),
-                };
-                // Space reused inside the current file may hold stale bytes (an old footer, an
-                // allocation that failed): clear what the bitmap write below does not cover.
-                let data_start = start + bitmap_size;
-                if data_start < file_len {
-                    let stale_end = next_free.min(file_len);
-                    self.storage
-                        .punch_hole(data_start, stale_end - data_start)
-                        .io_context("clearing space for a new block", data_start)?;
-                }
-                // The new block is not referenced by the file's BAT until the next flush, so its
-                // bitmap goes straight to the file.
-                let mut bitmap = vec![if differencing { 0u8 } else { 0xff }; bitmap_size as usize];
-                if differencing {
-                    for s in within..within + n {
-                        bitmap_set(&mut bitmap, s as usize);
-                    }
-                }
-                self.storage
-                    .write_at(&bitmap, start)
-                    .io_context("writing a sector bitmap", start)?;
-                if let Some(p) = piece.filter(|_| !zero) {
-                    let at = start + bitmap_size + within * SECTOR_SIZE;
-                    self.storage.write_at(p, at).io_context("writing data", at)?;
-                }
-                new_entries.push((index, new_entry));
-            }
-            pos += n;
+            return Ok(WriteRun {
+                sectors: n,
+                target: disk_core::mapping::WriteTarget::Host { file: 0, offset: at },
+                completion,
+            });
         }
-        if !new_entries.is_empty() {
-            // The footer moves to the new end. Readers use the copy at offset 0, so this write
-            // needs no ordering.
-            let footer_at = next_free;
+        let claim = sp.claims.claim(u64::from(index));
+        if self.bat_entry(sp, block)? != BAT_FREE {
+            // Another writer allocated the block meanwhile.
+            drop(claim);
+            return self.map_write(sp, lba, count);
+        }
+        let start = self.reserve_block(sp)?;
+        let new_entry = (start / SECTOR_SIZE) as u32;
+        let at = start + sp.layout.bitmap_size + within * SECTOR_SIZE;
+        let completion = Completion::new(move |written| {
+            let _claim = claim;
+            if !written {
+                // The reserved space stays unused (a hole inside the file).
+                return Ok(());
+            }
+            // The new block is not referenced by the file's BAT until the next flush, so its
+            // bitmap goes straight to the file.
+            let mut bitmap = vec![if differencing { 0u8 } else { 0xff }; sp.layout.bitmap_size as usize];
+            if differencing {
+                for s in within..within + n {
+                    bitmap_set(&mut bitmap, s as usize);
+                }
+            }
             self.storage
-                .write_at(self.footer.as_bytes(), footer_at)
-                .io_context("writing the footer", footer_at)?;
-            let new_len = footer_at + FOOTER_SIZE;
-            if real_len.is_some_and(|l| l > new_len) {
+                .write_at(&bitmap, start)
+                .io_context("writing a sector bitmap", start)?;
+            let mut state = lock(&sp.alloc);
+            write_lock(&sp.bat)[block as usize] = new_entry;
+            state.bat_dirty.insert(index, new_entry);
+            if state.bat_dirty.len() > MAX_PENDING {
+                self.flush_locked(sp, &mut state)?;
+            }
+            Ok(())
+        });
+        Ok(WriteRun {
+            sectors: n,
+            target: disk_core::mapping::WriteTarget::Host { file: 0, offset: at },
+            completion,
+        })
+    }
+
+    /// BAT entry of `block`, or an error for a block past the BAT.
+    fn bat_entry(&self, sp: &SparseState, block: u64) -> Result<u32> {
+        read_lock(&sp.bat)
+            .get(block as usize)
+            .copied()
+            .ok_or_else(|| Error::out_of_range(format!("block {block} lies past the BAT")))
+    }
+
+    /// Set the sector bitmap bits `within..within + n` of allocated block `index` (at `start`)
+    /// in memory; they reach the file at the next flush.
+    fn set_bits(&self, sp: &SparseState, index: u32, start: u64, within: u64, n: u64) -> Result<()> {
+        let mut bitmap = self.current_bitmap(sp, index, start)?;
+        let mut pending = write_lock(&sp.bitmaps);
+        // Another writer may have changed the pending copy since it was read.
+        if let Some(newer) = pending.get(&index) {
+            bitmap.clone_from(newer);
+        }
+        for s in within..within + n {
+            bitmap_set(&mut bitmap, s as usize);
+        }
+        pending.insert(index, bitmap);
+        let too_many = pending.len() > MAX_PENDING;
+        drop(pending);
+        if too_many {
+            self.flush_locked(sp, &mut lock(&sp.alloc))?;
+        }
+        Ok(())
+    }
+
+    /// Reserve the space of one new block: its byte offset. Grows the reserved chunk (writing
+    /// the footer at its end first) when the block does not fit in it.
+    fn reserve_block(&self, sp: &SparseState) -> Result<u64> {
+        let mut state = lock(&sp.alloc);
+        let footprint = sp.layout.block_footprint();
+        let start = state.free;
+        u32::try_from(start / SECTOR_SIZE)
+            .ok()
+            .filter(|&e| e != BAT_FREE)
+            .ok_or_else(|| Error::unsupported("the image file has grown past what a BAT entry can address"))?;
+        let end = start + footprint;
+        if end > state.chunk_end {
+            self.grow_chunk(sp, &mut state, end + footprint * (CHUNK_BLOCKS - 1))?;
+        }
+        state.free = end;
+        Ok(start)
+    }
+
+    /// Make `[state.chunk_end, new_end)` reserved space that reads as zeros, with the footer at
+    /// `new_end` and nothing after it.
+    fn grow_chunk(&self, sp: &SparseState, state: &mut AllocState, new_end: u64) -> Result<()> {
+        // A chunk never reaches past where every block of the disk could end.
+        let limit = state.free + sp.layout.block_footprint() * u64::from(sp.layout.blocks);
+        let new_end = new_end.min(limit).max(state.free + sp.layout.block_footprint());
+        let file_len = sp.file_len.load(Ordering::Acquire);
+        let from = state.chunk_end;
+        // Space inside the current file may hold stale bytes (an old footer, an allocation
+        // that failed): clear it before any of it is handed out.
+        if from < file_len {
+            let stale_end = new_end.min(file_len);
+            if stale_end > from {
                 self.storage
-                    .set_len(new_len)
-                    .io_context("trimming the file after the footer", new_len)?;
-            }
-            sp.file_len.store(new_len, Ordering::Release);
-            state.free = next_free;
-            let mut bat = write_lock(&sp.bat);
-            for &(index, entry) in &new_entries {
-                bat[index as usize] = entry;
-                state.bat_dirty.insert(index, entry);
+                    .punch_hole(from, stale_end - from)
+                    .io_context("clearing space for new blocks", from)?;
             }
         }
-        if state.bat_dirty.len() + read_lock(&sp.bitmaps).len() > MAX_PENDING {
-            self.flush_locked(sp, &mut state)?;
+        self.storage
+            .write_at(self.footer.as_bytes(), new_end)
+            .io_context("writing the footer", new_end)?;
+        let new_len = new_end + FOOTER_SIZE;
+        if file_len > new_len {
+            self.storage
+                .set_len(new_len)
+                .io_context("trimming the file after the footer", new_len)?;
         }
+        sp.file_len.store(new_len, Ordering::Release);
+        state.chunk_end = new_end;
+        Ok(())
+    }
+
+    /// Move the footer back to the end of the last reserved block, giving the rest of the
+    /// chunk back (at flush and close).
+    fn trim_chunk(&self, sp: &SparseState, state: &mut AllocState) -> Result<()> {
+        if state.chunk_end <= state.free {
+            return Ok(());
+        }
+        let at = state.free;
+        self.storage
+            .write_at(self.footer.as_bytes(), at)
+            .io_context("writing the footer", at)?;
+        self.storage
+            .set_len(at + FOOTER_SIZE)
+            .io_context("trimming the file after the footer", at)?;
+        sp.file_len.store(at + FOOTER_SIZE, Ordering::Release);
+        state.chunk_end = at;
         Ok(())
     }
 
@@ -134,6 +194,7 @@ impl VhdLayer {
     pub(crate) fn flush_locked(&self, sp: &SparseState, state: &mut AllocState) -> Result<()> {
         let bitmaps: Vec<(u32, Vec<u8>)> = read_lock(&sp.bitmaps).iter().map(|(k, v)| (*k, v.clone())).collect();
         if state.bat_dirty.is_empty() && bitmaps.is_empty() {
+            self.trim_chunk(sp, state)?;
             return self.storage.flush().io_context("flushing the image", 0);
         }
         self.storage.flush().io_context("flushing data before metadata", 0)?;
@@ -146,6 +207,7 @@ impl VhdLayer {
                 .write_at(bitmap, start)
                 .io_context("writing a sector bitmap", start)?;
         }
+        self.trim_chunk(sp, state)?;
         self.storage.flush().io_context("flushing metadata", 0)?;
         state.bat_dirty.clear();
         let mut pending = write_lock(&sp.bitmaps);
@@ -155,14 +217,6 @@ impl VhdLayer {
             }
         }
         Ok(())
-    }
-
-    /// Write `len` bytes at `at`: `data`, or zeros (releasing host space) when `None`.
-    pub(crate) fn put(&self, at: u64, len: u64, data: Option<&[u8]>) -> Result<()> {
-        match data {
-            Some(d) => self.storage.write_at(d, at).io_context("writing data", at),
-            None => self.storage.punch_hole(at, len).io_context("zeroing data", at),
-        }
     }
 
     /// Write BAT entries to the file, runs of neighbours in one write.
@@ -181,16 +235,51 @@ impl VhdLayer {
         Ok(())
     }
 
-    pub(crate) fn zero(&self, lba: u64, count: u64) -> Result<()> {
+    /// Make `count` sectors from `lba` read as zeros, releasing host space where it can: a
+    /// whole block of a dynamic disk is freed, other stored sectors are zeroed in place, and a
+    /// differencing disk stores zeros where its parent would show through.
+    pub(crate) fn zero(&self, lba: u64, count: u64, below: &dyn disk_core::Disk) -> Result<()> {
         self.writable()?;
-        match &self.sparse {
-            None => {
-                let at = lba * SECTOR_SIZE;
+        let Some(sp) = &self.sparse else {
+            let at = lba * SECTOR_SIZE;
+            return self
+                .storage
+                .punch_hole(at, count * SECTOR_SIZE)
+                .io_context("zeroing data", at);
+        };
+        let spb = sp.layout.block_sectors();
+        let differencing = self.disk_type == DiskType::Differencing;
+        let mut pos = lba;
+        let end = lba + count;
+        while pos < end {
+            let block = pos / spb;
+            let within = pos % spb;
+            let n = (spb - within).min(end - pos);
+            let index = u32::try_from(block).map_err(|_| Error::out_of_range("sector past the BAT"))?;
+            let entry = self.bat_entry(sp, block)?;
+            let whole_block = within == 0 && (n == spb || pos + n == self.virtual_size / SECTOR_SIZE);
+            if entry == BAT_FREE {
+                if differencing {
+                    disk_core::mover::write_zero_data(self, pos, n, below)?;
+                }
+            } else {
+                let start = self.check_block(sp, index, entry)?;
+                let at = start + sp.layout.bitmap_size + within * SECTOR_SIZE;
                 self.storage
-                    .punch_hole(at, count * SECTOR_SIZE)
-                    .io_context("zeroing data", at)
+                    .punch_hole(at, n * SECTOR_SIZE)
+                    .io_context("zeroing data", at)?;
+                if whole_block && !differencing {
+                    // Its space is released now and its BAT entry cleared at the next flush
+                    // (until then it reads as the zeros it now holds).
+                    let mut state = lock(&sp.alloc);
+                    write_lock(&sp.bat)[block as usize] = BAT_FREE;
+                    state.bat_dirty.insert(index, BAT_FREE);
+                } else if differencing {
+                    self.set_bits(sp, index, start, within, n)?;
+                }
             }
-            Some(sp) => self.write_sparse(sp, lba, count, None),
+            pos += n;
         }
+        Ok(())
     }
 }

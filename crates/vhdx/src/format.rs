@@ -206,6 +206,8 @@ pub mod payload {
     pub const ZERO: u8 = 2;
     /// `PAYLOAD_BLOCK_UNMAPPED`: discarded.
     pub const UNMAPPED: u8 = 3;
+    /// States 4 and 5, which the specification reserves: an entry holding one is invalid.
+    pub const RESERVED: [u8; 2] = [4, 5];
     /// `PAYLOAD_BLOCK_FULLY_PRESENT`: every sector stored at `FileOffsetMB`.
     pub const FULLY_PRESENT: u8 = 6;
     /// `PAYLOAD_BLOCK_PARTIALLY_PRESENT`: the sector bitmap says which sectors are stored.

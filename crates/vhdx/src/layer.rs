@@ -6,7 +6,7 @@ use crate::geometry::Geometry;
 use crate::log::{self, Overlay};
 use crate::parse::{self, Headers, Metadata, Regions};
 use disk_core::guid::MsGuid;
-use disk_core::mapping::{Mapping, Run, read_mapped};
+use disk_core::mapping::{Claims, IoGate, Mapping, Run, WriteRun};
 use disk_core::{
     Allocation, BlockStatus, CheckReport, Disk, Error, ErrorKind, Findings, Format, IoResultExt, Layer, LayerInfo,
     OpenContext, ParentRef, Repair, Result, SpaceMap, Storage,
@@ -52,6 +52,9 @@ pub(crate) struct WriteState {
     pub problems: Findings,
     /// Payload block areas released by discard in this session (zeroed), for reuse.
     pub free: Vec<u64>,
+    /// Metadata changes of completed writes, logged at the next flush (after the data is
+    /// durable) or when too many wait.
+    pub pending: crate::write::Txn,
 }
 
 /// One open VHDX image: a [`Layer`] of a chain.
@@ -72,6 +75,15 @@ pub struct VhdxLayer {
     /// Sector bitmap bytes of partially present blocks, by block number.
     pub(crate) bitmaps: RwLock<HashMap<u64, Arc<Vec<u8>>>>,
     pub(crate) state: Mutex<WriteState>,
+    /// Sector bitmaps of partially present blocks changed by writes whose metadata is still
+    /// pending: newer than the file, so readers look here first.
+    pub(crate) pending_bitmaps: RwLock<HashMap<u64, Arc<Vec<u8>>>>,
+    /// Blocks being allocated: one writer per block, the others wait for it.
+    pub(crate) claims: Claims,
+    /// Keeps discarded blocks from being reused while I/O to them is in flight.
+    pub(crate) gate: IoGate,
+    /// The file's real length: allocations grow it ahead in chunks, flush trims it back.
+    pub(crate) grown: Mutex<u64>,
     /// Set once the session's header update is done (lock-free fast path for writes).
     pub(crate) session_started: AtomicBool,
     /// Set when a metadata update failed midway: the file's state is then unknown, so further
@@ -221,7 +233,12 @@ impl VhdxLayer {
                 space: survey.space,
                 problems: survey.problems,
                 free: Vec::new(),
+                pending: Default::default(),
             }),
+            pending_bitmaps: RwLock::new(HashMap::new()),
+            claims: Claims::new(),
+            gate: IoGate::new(),
+            grown: Mutex::new(0),
             session_started: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
             structural: survey.structural,
@@ -229,6 +246,7 @@ impl VhdxLayer {
             parent,
             meta,
         };
+        *lock(&layer.grown) = layer.file.len().io_context("reading the file size", 0)?;
         if ctx.writable && !current.log_guid.is_nil() {
             let mut st = lock(&layer.state);
             layer.update_header(&mut st, |h| h.log_guid = MsGuid::NIL)?;
@@ -263,6 +281,9 @@ impl VhdxLayer {
 
     /// The sector bitmap bytes of payload block `block` (which is partially present).
     pub(crate) fn block_bitmap(&self, bat: &[u64], block: u64) -> Result<Arc<Vec<u8>>> {
+        if let Some(b) = read_lock(&self.pending_bitmaps).get(&block) {
+            return Ok(b.clone());
+        }
         if let Some(b) = read_lock(&self.bitmaps).get(&block) {
             return Ok(b.clone());
         }
@@ -290,21 +311,21 @@ impl VhdxLayer {
     }
 
     /// Where the run of sectors at `lba` (at most `max`) lives.
-    pub(crate) fn map(&self, bat: &[u64], lba: u64, max: u64) -> Result<Run> {
+    pub(crate) fn map_run(&self, bat: &[u64], lba: u64, max: u64) -> Result<Run> {
         let g = &self.geo;
         let block = lba / g.sectors_per_block;
         let within = lba % g.sectors_per_block;
         let n = max.min(g.sectors_per_block - within);
         let entry = bat[g.payload_index(block)];
         let mapping = match bat_state(entry) {
-            payload::FULLY_PRESENT => Mapping::Data(bat_offset(entry) + within * g.sector_size),
+            payload::FULLY_PRESENT => Mapping::data(bat_offset(entry) + within * g.sector_size),
             payload::PARTIALLY_PRESENT => {
                 let bits = self.block_bitmap(bat, block)?;
                 let bit = |i: u64| bits[(i / 8) as usize] >> (i % 8) & 1 == 1;
                 let first = bit(within);
                 let run = (within..within + n).take_while(|&i| bit(i) == first).count() as u64;
                 let mapping = if first {
-                    Mapping::Data(bat_offset(entry) + within * g.sector_size)
+                    Mapping::data(bat_offset(entry) + within * g.sector_size)
                 } else {
                     Mapping::Unallocated
                 };
@@ -378,33 +399,36 @@ impl Layer for VhdxLayer {
     fn is_read_only(&self) -> bool {
         !self.writable
     }
-    fn read(&self, lba: u64, buf: &mut [u8], below: &dyn Disk) -> Result<()> {
-        let bat = read_lock(&self.bat);
-        read_mapped(lba, buf, self.meta.logical_sector_size, &*self.io, below, |lba, max| {
-            self.map(&bat, lba, max)
-        })
+    fn map(&self, lba: u64, count: u64) -> Result<Run> {
+        self.map_run(&read_lock(&self.bat), lba, count)
     }
-    fn write(&self, lba: u64, buf: &[u8], _below: &dyn Disk) -> Result<()> {
-        self.write_sectors(lba, buf)
+    fn map_for_write(&self, lba: u64, count: u64) -> Result<WriteRun<'_>> {
+        self.map_write(lba, count)
     }
-    fn write_zeroes(&self, lba: u64, count: u64, _below: &dyn Disk) -> Result<()> {
-        self.zero_sectors(lba, count)
+    fn host_file(&self, file: usize) -> Option<&Arc<dyn Storage>> {
+        (file == 0).then_some(&self.io)
     }
-    fn discard(&self, lba: u64, count: u64, _below: &dyn Disk) -> Result<()> {
-        self.zero_sectors(lba, count)
+    fn io_gate(&self) -> Option<&IoGate> {
+        Some(&self.gate)
+    }
+    fn write_zeroes(&self, lba: u64, count: u64, below: &dyn Disk) -> Result<()> {
+        self.zero_sectors(lba, count, below)
+    }
+    fn discard(&self, lba: u64, count: u64, below: &dyn Disk) -> Result<()> {
+        self.zero_sectors(lba, count, below)
     }
     fn flush(&self) -> Result<()> {
         self.flush_all()
     }
     fn block_status(&self, lba: u64, count: u64) -> Result<BlockStatus> {
         let bat = read_lock(&self.bat);
-        let first = self.map(&bat, lba, count)?;
+        let first = self.map_run(&bat, lba, count)?;
         let mut n = first.sectors.clamp(1, count);
         // Merge following runs of the same kind (contiguous data only).
         while n < count {
-            let next = self.map(&bat, lba + n, count - n)?;
+            let next = self.map_run(&bat, lba + n, count - n)?;
             let same = match (first.mapping, next.mapping) {
-                (Mapping::Data(a), Mapping::Data(b)) => b == a + n * self.geo.sector_size,
+                (Mapping::Data { offset: a, .. }, Mapping::Data { offset: b, .. }) => b == a + n * self.geo.sector_size,
                 (a, b) => a == b,
             };
             if !same {
@@ -413,14 +437,14 @@ impl Layer for VhdxLayer {
             n += next.sectors.clamp(1, count - n);
         }
         Ok(match first.mapping {
-            Mapping::Data(off) => BlockStatus::data_at(n, off),
+            Mapping::Data { offset, .. } => BlockStatus::data_at(n, offset),
             Mapping::Zero
                 if bat_state(bat[self.geo.payload_index(lba / self.geo.sectors_per_block)]) != payload::ZERO =>
             {
                 BlockStatus::new(n, Allocation::Unallocated)
             }
             Mapping::Zero => BlockStatus::new(n, Allocation::Zero),
-            Mapping::Unallocated => BlockStatus::new(n, Allocation::Unallocated),
+            Mapping::Unallocated | Mapping::Special => BlockStatus::new(n, Allocation::Unallocated),
         })
     }
     fn parent(&self) -> Option<&ParentRef> {

@@ -7,12 +7,14 @@ use crate::layer::{VhdxLayer, WriteState, lock, read_lock, write_lock};
 use crate::log::{EntryParams, build_entry, entry_len};
 use crate::parse::{header_bytes, header_offset};
 use disk_core::guid::{MsGuid, new_uuid};
+use disk_core::mapping::{Completion, WriteRun, WriteTarget};
 use disk_core::{Error, ErrorKind, IoResultExt, Result, SpaceKind};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 /// BAT and sector bitmap changes made by one operation, committed through the log at once.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct Txn {
     /// New BAT values by index.
     pub(crate) bat: BTreeMap<usize, u64>,
@@ -25,6 +27,10 @@ pub(crate) struct Txn {
     /// Other bytes to change (file offset, new bytes), e.g. a metadata item.
     pub(crate) patches: Vec<(u64, Vec<u8>)>,
 }
+
+/// Pending metadata changes that make a write commit them at once (bounds memory and the
+/// size of one log transaction).
+const MAX_PENDING: usize = 1024;
 
 /// Largest file an image may grow to: room for a 64 TiB disk's blocks, sector bitmaps and BAT.
 pub(crate) const MAX_FILE_SIZE: u64 = 2 * MAX_VIRTUAL_SIZE;
@@ -41,8 +47,6 @@ struct Piece {
     block: u64,
     within: u64,
     sectors: u64,
-    /// Byte offset in the caller's buffer.
-    at: usize,
 }
 
 fn pieces(layer: &VhdxLayer, lba: u64, count: u64) -> Vec<Piece> {
@@ -58,7 +62,6 @@ fn pieces(layer: &VhdxLayer, lba: u64, count: u64) -> Vec<Piece> {
             block,
             within,
             sectors: n,
-            at: (done * g.sector_size) as usize,
         });
         done += n;
     }
@@ -99,12 +102,10 @@ impl VhdxLayer {
     }
 
     /// The header update procedure: change a copy of the current header, increment its
-    /// sequence number, write it over the non-current slot, flush. It becomes current.
+    /// sequence number, write it over the non-current slot, flush. It becomes current. A
+    /// failure leaves the current header in place (the other slot is the only one written), so
+    /// it does not poison the handle: a retry writes the same slot again.
     pub(crate) fn update_header(&self, st: &mut WriteState, change: impl FnOnce(&mut Header)) -> Result<()> {
-        self.guarded(|| self.update_header_unguarded(st, change))
-    }
-
-    fn update_header_unguarded(&self, st: &mut WriteState, change: impl FnOnce(&mut Header)) -> Result<()> {
         let mut h = st.header;
         change(&mut h);
         h.sequence_number.set(h.sequence_number.get().wrapping_add(1));
@@ -136,11 +137,11 @@ impl VhdxLayer {
     }
 
     /// Write `pages` (4 KiB of file contents each) through the log.
+    ///
+    /// A failure before an entry is durable in the log leaves the file as it was (the caller
+    /// may retry); a failure while applying a durable entry poisons the handle (reopening
+    /// replays the entry).
     fn log_pages(&self, st: &mut WriteState, pages: &[(u64, Vec<u8>)]) -> Result<()> {
-        self.guarded(|| self.log_pages_unguarded(st, pages))
-    }
-
-    fn log_pages_unguarded(&self, st: &mut WriteState, pages: &[(u64, Vec<u8>)]) -> Result<()> {
         if pages.is_empty() {
             return Ok(());
         }
@@ -183,12 +184,14 @@ impl VhdxLayer {
             let at = log_off + st.log_pos;
             self.file.write_at(&entry, at).io_context("writing a log entry", at)?;
             self.file.flush().io_context("flushing the log", at)?;
-            for (off, page) in chunk {
-                self.file
-                    .write_at(page, *off)
-                    .io_context("applying a log entry", *off)?;
-            }
-            self.file.flush().io_context("flushing metadata", 0)?;
+            self.guarded(|| {
+                for (off, page) in chunk {
+                    self.file
+                        .write_at(page, *off)
+                        .io_context("applying a log entry", *off)?;
+                }
+                self.file.flush().io_context("flushing metadata", 0)
+            })?;
             st.log_pos += len;
             st.log_seq += 1;
         }
@@ -209,12 +212,37 @@ impl VhdxLayer {
         let before = st.space.file_len();
         let off = st.space.allocate(size, MIB, kind, MAX_FILE_SIZE)?;
         let end = off.saturating_add(size);
-        if let Err(e) = self.file.set_len(end) {
+        if let Err(e) = self.grow_to(end) {
             st.space.release(off, size);
             st.space.set_file_len(before);
-            return Err(e).io_context("extending the file", off);
+            return Err(e);
         }
         Ok(off)
+    }
+
+    /// Make the file at least `end` bytes long, growing it ahead by a chunk of blocks so that
+    /// most allocations need no `set_len`; [`Self::flush_all`] trims what stayed unused.
+    fn grow_to(&self, end: u64) -> Result<()> {
+        let mut grown = lock(&self.grown);
+        if *grown >= end {
+            return Ok(());
+        }
+        let chunk = (16 * self.geo.block_size).min(64 * MIB).max(self.geo.block_size);
+        let target = end.saturating_add(chunk).min(MAX_FILE_SIZE).max(end);
+        self.file.set_len(target).io_context("extending the file", end)?;
+        *grown = target;
+        Ok(())
+    }
+
+    /// Cut space the file was grown ahead by that no allocation used.
+    fn trim_growth(&self, st: &WriteState) -> Result<()> {
+        let mut grown = lock(&self.grown);
+        let used = st.space.file_len();
+        if *grown > used {
+            self.file.set_len(used).io_context("trimming unused space", used)?;
+            *grown = used;
+        }
+        Ok(())
     }
 
     /// Current BAT entry `i`, with pending changes of `txn`.
@@ -315,83 +343,148 @@ impl VhdxLayer {
         Ok(())
     }
 
-    /// Write whole sectors at `lba`.
-    pub(crate) fn write_sectors(&self, lba: u64, buf: &[u8]) -> Result<()> {
+    /// Where a write of up to `count` sectors from `lba` goes (one payload block at most). A
+    /// block that is not stored yet is claimed, reserved under the state lock and published by
+    /// the completion; its BAT entry and bitmap bits are logged at the next flush.
+    pub(crate) fn map_write(&self, lba: u64, count: u64) -> Result<WriteRun<'_>> {
         self.check_writable()?;
         let g = self.geo;
-        let count = buf.len() as u64 / g.sector_size;
         if !self.session_started.load(Ordering::Acquire) {
             self.begin(&mut lock(&self.state))?;
         }
-        // Fast path: blocks already fully present are written in place without the state lock.
-        // The BAT stays read-locked meanwhile, so a concurrent discard cannot release (and
-        // another block reuse) the space while the data is being written.
-        let mut slow = Vec::new();
-        {
-            let bat = read_lock(&self.bat);
-            for p in pieces(self, lba, count) {
-                let e = bat[g.payload_index(p.block)];
-                let data = &buf[p.at..p.at + (p.sectors * g.sector_size) as usize];
-                if bat_state(e) == payload::FULLY_PRESENT {
-                    let off = bat_offset(e) + p.within * g.sector_size;
-                    self.file.write_at(data, off).io_context("writing data", off)?;
-                } else {
-                    slow.push(p);
-                }
+        let block = lba / g.sectors_per_block;
+        let within = lba % g.sectors_per_block;
+        let n = (g.sectors_per_block - within).min(count);
+        let i = g.payload_index(block);
+        let whole = within == 0 && n >= g.block_sectors(block);
+        let e = read_lock(&self.bat)[i];
+        let at = |e: u64| bat_offset(e) + within * g.sector_size;
+        match bat_state(e) {
+            payload::FULLY_PRESENT => return Ok(WriteRun::overwrite(n, at(e))),
+            payload::PARTIALLY_PRESENT => {
+                return Ok(WriteRun {
+                    sectors: n,
+                    target: WriteTarget::Host { file: 0, offset: at(e) },
+                    completion: Completion::new(move |written| {
+                        if written {
+                            self.publish(block, None, within, n, whole)?;
+                        }
+                        Ok(())
+                    }),
+                });
             }
-        }
-        if slow.is_empty() {
-            return Ok(());
-        }
-        let mut st = lock(&self.state);
-        let mut txn = Txn::default();
-        for p in slow {
-            let i = g.payload_index(p.block);
-            let e = self.entry(&txn, i);
-            let data = &buf[p.at..p.at + (p.sectors * g.sector_size) as usize];
-            let state = bat_state(e);
-            let whole = p.within == 0 && p.sectors >= g.block_sectors(p.block);
-            if matches!(state, 4 | 5) {
+            s if payload::RESERVED.contains(&s) => {
                 return Err(Error::corrupt(format!("BAT entry {i} is invalid")).in_structure("BAT"));
             }
-            let off = match state {
-                payload::FULLY_PRESENT => bat_offset(e),
-                payload::PARTIALLY_PRESENT if whole => {
-                    // Every sector is now the child's: no need for the bitmap any more.
-                    txn.bat.insert(i, bat_entry(payload::FULLY_PRESENT, bat_offset(e)));
-                    bat_offset(e)
-                }
-                payload::PARTIALLY_PRESENT => bat_offset(e),
-                _ => {
-                    let off = self.allocate(&mut st, g.block_size, SpaceKind::Data)?;
-                    let new_state = if !g.has_parent || state == payload::ZERO || whole {
-                        payload::FULLY_PRESENT
-                    } else {
-                        self.ensure_bitmap(&mut st, &mut txn, p.block)?;
-                        txn.clear.push(p.block);
-                        payload::PARTIALLY_PRESENT
-                    };
-                    txn.bat.insert(i, bat_entry(new_state, off));
-                    off
-                }
+            _ => {}
+        }
+        let claim = self.claims.claim(block);
+        let e = read_lock(&self.bat)[i];
+        if matches!(bat_state(e), payload::FULLY_PRESENT | payload::PARTIALLY_PRESENT) {
+            drop(claim);
+            return self.map_write(lba, count);
+        }
+        let state = bat_state(e);
+        let (off, new_state) = {
+            let mut st = lock(&self.state);
+            let off = self.allocate(&mut st, g.block_size, SpaceKind::Data)?;
+            let new_state = if !g.has_parent || state == payload::ZERO || whole {
+                payload::FULLY_PRESENT
+            } else {
+                payload::PARTIALLY_PRESENT
             };
-            let at = off + p.within * g.sector_size;
-            self.file.write_at(data, at).io_context("writing data", at)?;
-            if bat_state(self.entry(&txn, i)) == payload::PARTIALLY_PRESENT {
-                txn.bits.push((p.block, p.within, p.sectors));
+            (off, new_state)
+        };
+        Ok(WriteRun {
+            sectors: n,
+            target: WriteTarget::Host {
+                file: 0,
+                offset: off + within * g.sector_size,
+            },
+            completion: Completion::new(move |written| {
+                let _claim = claim;
+                if !written {
+                    // The reserved block stays unused until `check -r` or a resize reclaims it.
+                    return Ok(());
+                }
+                self.publish(block, Some(bat_entry(new_state, off)), within, n, whole)
+            }),
+        })
+    }
+
+    /// Record a completed write in memory and in the pending transaction: a new BAT entry for
+    /// a newly stored block, sector bitmap bits for a partially present one (or the block
+    /// becoming fully present when the write covered it all).
+    fn publish(&self, block: u64, new_entry: Option<u64>, within: u64, n: u64, whole: bool) -> Result<()> {
+        let g = self.geo;
+        let i = g.payload_index(block);
+        let mut st = lock(&self.state);
+        let mut entry = new_entry.unwrap_or_else(|| read_lock(&self.bat)[i]);
+        if whole && bat_state(entry) == payload::PARTIALLY_PRESENT {
+            // Every sector is now the child's: no need for the bitmap any more.
+            entry = bat_entry(payload::FULLY_PRESENT, bat_offset(entry));
+        }
+        let fresh = new_entry.is_some();
+        if bat_state(entry) == payload::PARTIALLY_PRESENT {
+            let mut txn = std::mem::take(&mut st.pending);
+            let ensured = self.ensure_bitmap(&mut st, &mut txn, block);
+            st.pending = txn;
+            ensured?;
+            let mut bits = if fresh {
+                st.pending.clear.push(block);
+                vec![0u8; g.bitmap_bytes_per_block() as usize]
+            } else {
+                let bat = read_lock(&self.bat);
+                (*self.block_bitmap(&bat, block)?).clone()
+            };
+            for s in within..within + n {
+                bits[(s / 8) as usize] |= 1 << (s % 8);
+            }
+            st.pending.bits.push((block, within, n));
+            write_lock(&self.pending_bitmaps).insert(block, Arc::new(bits));
+            let bi = g.bitmap_index(block / g.chunk_ratio);
+            if let Some(&be) = st.pending.bat.get(&bi) {
+                write_lock(&self.bat)[bi] = be;
             }
         }
+        if fresh || whole {
+            st.pending.bat.insert(i, entry);
+            write_lock(&self.bat)[i] = entry;
+        }
+        if st.pending.bat.len() + st.pending.bits.len() > MAX_PENDING {
+            self.commit_pending(&mut st)?;
+        }
+        Ok(())
+    }
+
+    /// Make the data durable, then log and apply the pending metadata.
+    pub(crate) fn commit_pending(&self, st: &mut WriteState) -> Result<()> {
+        if st.pending.bat.is_empty() && st.pending.bits.is_empty() && st.pending.clear.is_empty() {
+            return Ok(());
+        }
         self.file.flush().io_context("flushing data", 0)?;
-        self.commit(&mut st, txn)
+        let txn = std::mem::take(&mut st.pending);
+        // On failure the changes stay pending for the next flush (unless the handle is now
+        // poisoned, in which case the log holds them).
+        let kept = txn.clone();
+        if let Err(e) = self.commit(st, txn) {
+            st.pending = kept;
+            return Err(e);
+        }
+        write_lock(&self.pending_bitmaps).clear();
+        Ok(())
     }
 
     /// Make sectors read as zeros: whole blocks change state (their space is released),
     /// partial blocks get zeros written.
-    pub(crate) fn zero_sectors(&self, lba: u64, count: u64) -> Result<()> {
+    pub(crate) fn zero_sectors(&self, lba: u64, count: u64, below: &dyn disk_core::Disk) -> Result<()> {
         self.check_writable()?;
         let g = self.geo;
+        // Released blocks may be handed out again: no mapped I/O may be in flight meanwhile.
+        let gate = self.gate.exclusive();
         let mut st = lock(&self.state);
         self.begin(&mut st)?;
+        self.commit_pending(&mut st)?;
         let mut txn = Txn::default();
         let mut partial = Vec::new();
         for p in pieces(self, lba, count) {
@@ -427,16 +520,9 @@ impl VhdxLayer {
         }
         self.commit(&mut st, txn)?;
         drop(st);
-        let per = (MIB / g.sector_size).max(1);
-        let zeros = vec![0u8; (per * g.sector_size) as usize];
+        drop(gate);
         for p in partial {
-            let mut lba = p.block * g.sectors_per_block + p.within;
-            let end = lba + p.sectors;
-            while lba < end {
-                let n = per.min(end - lba);
-                self.write_sectors(lba, &zeros[..(n * g.sector_size) as usize])?;
-                lba += n;
-            }
+            disk_core::mover::write_zero_data(self, p.block * g.sectors_per_block + p.within, p.sectors, below)?;
         }
         Ok(())
     }
@@ -457,7 +543,9 @@ impl VhdxLayer {
             // file back (and call the shorter one data loss) if replayed after a crash.
             self.update_header(&mut st, |h| h.log_guid = MsGuid::NIL)?;
         }
+        self.commit_pending(&mut st)?;
         self.file.set_len(end).io_context("truncating unused space", end)?;
+        *lock(&self.grown) = end;
         self.file.flush().io_context("flushing", end)?;
         forget_past(&mut st, end, self.geo.block_size);
         Ok(())
@@ -496,11 +584,13 @@ impl VhdxLayer {
         if !self.writable {
             return Ok(());
         }
-        self.file.flush().io_context("flushing", 0)?;
         if self.poisoned.load(Ordering::Acquire) {
             return self.check_writable();
         }
         let mut st = lock(&self.state);
+        self.trim_growth(&st)?;
+        self.commit_pending(&mut st)?;
+        self.file.flush().io_context("flushing", 0)?;
         if !st.header.log_guid.is_nil() {
             self.update_header(&mut st, |h| h.log_guid = MsGuid::NIL)?;
         }

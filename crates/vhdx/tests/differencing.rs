@@ -4,6 +4,7 @@
 mod common;
 
 use common::{create_in, open_layer};
+use disk_core::mapping::{Mapping, Run, WriteRun};
 use disk_core::testing::{self, Capabilities, Config, ImageFactory};
 use disk_core::{
     BackingSpec, BlockStatus, Disk, Driver, ErrorKind, Format, Image, Layer, LayerInfo, MemResolver, MemStorage,
@@ -202,10 +203,22 @@ impl Layer for Flat {
     fn is_read_only(&self) -> bool {
         self.0.is_read_only()
     }
-    fn read(&self, lba: u64, buf: &mut [u8], _below: &dyn Disk) -> Result<()> {
+    fn map(&self, _lba: u64, count: u64) -> Result<Run> {
+        Ok(Run {
+            sectors: count,
+            mapping: Mapping::Special,
+        })
+    }
+    fn map_for_write(&self, _lba: u64, count: u64) -> Result<WriteRun<'_>> {
+        Ok(WriteRun::engine(count))
+    }
+    fn host_file(&self, _file: usize) -> Option<&Arc<dyn Storage>> {
+        None
+    }
+    fn read_special(&self, lba: u64, buf: &mut [u8], _below: &dyn Disk) -> Result<()> {
         self.0.read(lba, buf)
     }
-    fn write(&self, lba: u64, buf: &[u8], _below: &dyn Disk) -> Result<()> {
+    fn write_special(&self, lba: u64, buf: &[u8], _below: &dyn Disk) -> Result<()> {
         self.0.write(lba, buf)
     }
     fn write_zeroes(&self, lba: u64, count: u64, _below: &dyn Disk) -> Result<()> {

@@ -4,6 +4,8 @@ use crate::descriptor::{Access, Descriptor, ExtentType, NO_PARENT_CID};
 use crate::format::SECTOR;
 use crate::sparse::{GrainLoc, SparseExtent};
 use crate::stream::StreamWriter;
+use disk_core::mapping::{Completion, Mapping, Run, WriteRun, WriteTarget};
+use disk_core::mover::write_zero_data;
 use disk_core::{
     Allocation, BlockStatus, CheckReport, Disk, Error, ErrorKind, Format, InfoValue, IoResultExt, Layer, LayerInfo,
     ParentRef, Repair, Result, Storage,
@@ -221,11 +223,20 @@ impl VmdkLayer {
 }
 
 impl Drop for VmdkLayer {
-    /// A stream-optimized session is finalised when the image is dropped without a flush (a
-    /// later command failed, the caller returned early): grains already appended have replaced
-    /// the empty directory and footer, so without this the acknowledged writes would be lost
-    /// and the file unreadable. Errors cannot be reported here; `flush` reports them.
+    /// Pending grain table entries are written, and a stream-optimized session is finalised,
+    /// when the image is dropped without a flush (a later command failed, the caller returned
+    /// early): otherwise acknowledged writes would be lost (and an appended stream, which has
+    /// replaced the empty directory and footer, unreadable). Errors cannot be reported here;
+    /// `flush` reports them.
     fn drop(&mut self) {
+        // Grain table entries of completed writes still waiting for a flush.
+        for slot in &self.extents {
+            if let Extent::Sparse(s) = &slot.extent
+                && s.flush_pending().is_ok()
+            {
+                let _ = s.storage.flush();
+            }
+        }
         if let (Some(w), Some(slot)) = (&self.stream, self.extents.first())
             && let Extent::Sparse(s) = &slot.extent
             && w.finish(s).is_ok()
@@ -242,23 +253,6 @@ fn flat_at(offset: u64, local: u64) -> Result<u64> {
         .checked_mul(SECTOR)
         .and_then(|l| l.checked_add(offset))
         .ok_or_else(|| Error::corrupt("flat extent offset overflows").in_structure("descriptor"))
-}
-
-/// Most bytes of zeros written at once (discard and write_zeroes on extents that must store
-/// them): buffers never follow the size of the request.
-const ZERO_CHUNK_SECTORS: u64 = 2048;
-
-/// Write zeros over extent sectors `[from, to)` of `s` in bounded chunks; `global` is the disk
-/// LBA of `from`.
-fn write_zero_sectors(s: &SparseExtent, from: u64, to: u64, global: u64, below: &dyn Disk) -> Result<()> {
-    static ZEROS: [u8; (ZERO_CHUNK_SECTORS * SECTOR) as usize] = [0; (ZERO_CHUNK_SECTORS * SECTOR) as usize];
-    let mut at = from;
-    while at < to {
-        let n = (to - at).min(ZERO_CHUNK_SECTORS);
-        s.write(at, &ZEROS[..(n * SECTOR) as usize], global + (at - from), below)?;
-        at += n;
-    }
-    Ok(())
 }
 
 /// Whether `below` reads as zeros from `lba` (past its end it does), and for how many sectors
@@ -313,7 +307,76 @@ impl Layer for VmdkLayer {
         self.read_only
     }
 
-    fn read(&self, lba: u64, buf: &mut [u8], below: &dyn Disk) -> Result<()> {
+    fn map(&self, lba: u64, count: u64) -> Result<Run> {
+        let file = self.slot_index(lba);
+        let slot = self
+            .extents
+            .get(file)
+            .ok_or_else(|| Error::out_of_range(format!("sector {lba} lies past the last extent")))?;
+        let local = lba - slot.start;
+        let n = (slot.sectors - local).min(count);
+        let (mapping, sectors) = match &slot.extent {
+            Extent::Zero => (Mapping::Zero, n),
+            Extent::Flat { offset, file_len, .. } => {
+                let at = flat_at(*offset, local)?;
+                // Whole sectors inside the file map to it; a partial last one reads zero-padded.
+                match file_len.saturating_sub(at) / SECTOR {
+                    0 => (Mapping::Special, n),
+                    inside => (Mapping::Data { file, offset: at }, inside.min(n)),
+                }
+            }
+            Extent::Sparse(_) if self.stream.is_some() => (Mapping::Special, n),
+            Extent::Sparse(s) => {
+                let (loc, run) = s.run(local, n)?;
+                let mapping = match loc {
+                    GrainLoc::Data(offset) => Mapping::Data { file, offset },
+                    GrainLoc::Zero => Mapping::Zero,
+                    GrainLoc::Unallocated => Mapping::Unallocated,
+                    GrainLoc::Compressed(_) => Mapping::Special,
+                };
+                (mapping, run.clamp(1, n))
+            }
+        };
+        Ok(Run { sectors, mapping })
+    }
+
+    fn map_for_write(&self, lba: u64, count: u64) -> Result<WriteRun<'_>> {
+        if self.read_only {
+            return Err(Error::read_only());
+        }
+        let file = self.slot_index(lba);
+        let slot = self
+            .extents
+            .get(file)
+            .ok_or_else(|| Error::out_of_range(format!("sector {lba} lies past the last extent")))?;
+        self.check_writable(slot)?;
+        self.touch_cid()?;
+        let local = lba - slot.start;
+        let n = (slot.sectors - local).min(count);
+        match &slot.extent {
+            Extent::Zero => Err(Error::unsupported("cannot write to a ZERO extent")),
+            Extent::Flat { offset, .. } => Ok(WriteRun {
+                sectors: n,
+                target: WriteTarget::Host {
+                    file,
+                    offset: flat_at(*offset, local)?,
+                },
+                completion: Completion::none(),
+            }),
+            Extent::Sparse(_) if self.stream.is_some() => Ok(WriteRun::engine(n)),
+            Extent::Sparse(s) => s.map_write(local, n, lba, file),
+        }
+    }
+
+    fn host_file(&self, file: usize) -> Option<&Arc<dyn Storage>> {
+        match &self.extents.get(file)?.extent {
+            Extent::Flat { storage, .. } => Some(storage),
+            Extent::Sparse(s) => Some(&s.storage),
+            Extent::Zero => None,
+        }
+    }
+
+    fn read_special(&self, lba: u64, buf: &mut [u8], below: &dyn Disk) -> Result<()> {
         let count = buf.len() as u64 / SECTOR;
         self.pieces(lba, count, |slot, local, n, done| {
             let piece = &mut buf[(done * SECTOR) as usize..((done + n) * SECTOR) as usize];
@@ -339,29 +402,15 @@ impl Layer for VmdkLayer {
         })
     }
 
-    fn write(&self, lba: u64, buf: &[u8], below: &dyn Disk) -> Result<()> {
-        if self.read_only {
-            return Err(Error::read_only());
-        }
+    fn write_special(&self, lba: u64, buf: &[u8], _below: &dyn Disk) -> Result<()> {
         let count = buf.len() as u64 / SECTOR;
-        self.pieces(lba, count, |slot, _, _, _| self.check_writable(slot))?;
-        self.touch_cid()?;
         self.pieces(lba, count, |slot, local, n, done| {
             let piece = &buf[(done * SECTOR) as usize..((done + n) * SECTOR) as usize];
-            match &slot.extent {
-                Extent::Zero => Err(Error::unsupported("cannot write to a ZERO extent")),
-                Extent::Flat { storage, offset, .. } => {
-                    let at = flat_at(*offset, local)?;
-                    storage.write_at(piece, at).io_context("writing a flat extent", at)
-                }
-                Extent::Sparse(s) => match &self.stream {
-                    Some(w) => w.write(s, local, piece),
-                    None if s.compressed() => Err(Error::unsupported(
-                        "random writes into an existing streamOptimized image are not supported \
-                         (convert it to monolithicSparse first)",
-                    )),
-                    None => s.write(local, piece, lba + done, below),
-                },
+            match (&slot.extent, &self.stream) {
+                (Extent::Sparse(s), Some(w)) => w.write(s, local, piece),
+                _ => Err(Error::unsupported(
+                    "only streamOptimized extents are written by the engine",
+                )),
             }
         })
     }
@@ -369,14 +418,7 @@ impl Layer for VmdkLayer {
     fn write_zeroes(&self, lba: u64, count: u64, below: &dyn Disk) -> Result<()> {
         if self.stream.is_some() {
             // Zero grains are never stored in a stream: writing zero buffers costs nothing.
-            let zeros = vec![0u8; (count.min(ZERO_CHUNK_SECTORS) * SECTOR) as usize];
-            let mut at = lba;
-            while at < lba + count {
-                let n = (lba + count - at).min(ZERO_CHUNK_SECTORS);
-                self.write(at, &zeros[..(n * SECTOR) as usize], below)?;
-                at += n;
-            }
-            return Ok(());
+            return write_zero_data(self, lba, count, below);
         }
         // Discarding already guarantees zeros (never the parent's data), without storing any.
         self.discard(lba, count, below)
@@ -417,7 +459,7 @@ impl Layer for VmdkLayer {
                     if to <= from {
                         return Ok(());
                     }
-                    write_zero_sectors(s, from, to, lba + done + (from - local), below)
+                    write_zero_data(self, lba + done + (from - local), to - from, below)
                 };
                 if g1 > g0 && (standalone || s.has_zero_gte()) {
                     zeros_in(local, g0 * s.grain)?;
@@ -462,7 +504,10 @@ impl Layer for VmdkLayer {
         for slot in &self.extents {
             match &slot.extent {
                 Extent::Flat { storage, .. } => storage.flush().io_context("flushing an extent", 0)?,
-                Extent::Sparse(s) => s.storage.flush().io_context("flushing an extent", 0)?,
+                Extent::Sparse(s) => {
+                    s.flush_pending()?;
+                    s.storage.flush().io_context("flushing an extent", 0)?;
+                }
                 Extent::Zero => {}
             }
         }

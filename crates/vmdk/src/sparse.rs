@@ -4,9 +4,9 @@
 #![warn(clippy::arithmetic_side_effects)]
 
 use crate::format::{self, SECTOR};
-use disk_core::mapping::{Mapping, Run, read_mapped};
+use disk_core::mapping::{Claims, Completion, Fill, WriteRun, WriteTarget};
 use disk_core::{Disk, Error, IoResultExt, Result, SpaceKind, SpaceMap, Storage};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -103,6 +103,12 @@ pub(crate) struct SparseExtent {
     cache_max: usize,
     last_grain: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     alloc: Mutex<Alloc>,
+    /// Grains being allocated: one writer per grain, the others wait for it.
+    claims: Claims,
+    /// Grain table entries of completed writes not yet in the file (grain -> sector): newer
+    /// than the tables, so lookups look here first. Written at the next flush, after the data
+    /// is durable.
+    pending: RwLock<BTreeMap<u64, u64>>,
     /// Entries found unusable when the file was mapped (reads of them fail, writes never go
     /// through them).
     bad: RwLock<BadEntries>,
@@ -111,6 +117,9 @@ pub(crate) struct SparseExtent {
     reserved: Vec<(u64, u64, SpaceKind)>,
     data_start: u64,
 }
+
+/// Pending grain table entries that make a write flush them at once.
+const MAX_PENDING: usize = 4096;
 
 fn corrupt(msg: String, offset: u64) -> Error {
     Error::corrupt(msg).in_structure("grain table").at_offset(offset)
@@ -137,6 +146,8 @@ impl SparseExtent {
             cache: Mutex::new(HashMap::new()),
             cache_max,
             last_grain: Mutex::new(None),
+            claims: Claims::new(),
+            pending: RwLock::new(BTreeMap::new()),
             alloc: Mutex::new(Alloc {
                 space: SpaceMap::new(file_len),
             }),
@@ -300,8 +311,17 @@ impl SparseExtent {
     // map), and buffer offsets stay below the buffer's length.
     #[allow(clippy::arithmetic_side_effects)]
     pub(crate) fn lookup_span(&self, g: u64) -> Result<(GrainLoc, u64)> {
+        let table_end = g - g % self.gtes + self.gtes;
+        let next_pending = {
+            let pending = self.pending.read().unwrap_or_else(|e| e.into_inner());
+            match pending.range(g..table_end).next() {
+                Some((&k, &v)) if k == g => return Ok((GrainLoc::Data(v * SECTOR), 1)),
+                Some((&k, _)) => Some(k),
+                None => None,
+            }
+        };
         let Some(table) = self.table(g / self.gtes)? else {
-            return Ok((GrainLoc::Unallocated, self.gtes - g % self.gtes));
+            return Ok((GrainLoc::Unallocated, next_pending.unwrap_or(table_end) - g));
         };
         if self.any_bad.load(Ordering::Acquire) && self.bad_entries().grain(g, self.gtes) {
             return Err(corrupt(
@@ -399,17 +419,6 @@ impl SparseExtent {
     // map), and buffer offsets stay below the buffer's length.
     #[allow(clippy::arithmetic_side_effects)]
     pub fn read(&self, lba: u64, buf: &mut [u8], global: u64, below: &dyn Disk) -> Result<()> {
-        if !self.compressed() {
-            return read_mapped(global, buf, SECTOR as u32, &*self.storage, below, |at, max| {
-                let (loc, n) = self.run(at - global + lba, max)?;
-                let mapping = match loc {
-                    GrainLoc::Data(o) => Mapping::Data(o),
-                    GrainLoc::Zero => Mapping::Zero,
-                    GrainLoc::Unallocated | GrainLoc::Compressed(_) => Mapping::Unallocated,
-                };
-                Ok(Run { sectors: n, mapping })
-            });
-        }
         let total = buf.len() as u64 / SECTOR;
         let mut runs = Vec::new();
         let mut done = 0u64;
@@ -495,92 +504,112 @@ impl SparseExtent {
         Ok(data)
     }
 
-    /// Write extent sectors from `lba`; `global` is their disk LBA. Grains not yet allocated are
-    /// allocated at the end of the file: data first, a flush, then the grain tables (primary
-    /// and redundant) and, for new tables, the directories.
+    /// Where a write of up to `count` extent sectors from `lba` goes (one grain at most);
+    /// `global` is the disk LBA of `lba` and `file` the extent's host file number. A grain not
+    /// stored yet is claimed and reserved at the end of the file; the I/O core writes it whole
+    /// (the rest from the parent, or zeros) and the completion records its grain table entry
+    /// in memory, to be written at the next flush after the data is durable.
     // Sector arithmetic on a validated layout: `lba < capacity` (callers check ranges) and
-    // `capacity * 512` fits in 64 bits, grains are at most 2^15 sectors and tables 2^16 entries
-    // (`check_layout`), grain offsets come from `decode` (checked) and lie inside the file (space
-    // map), and buffer offsets stay below the buffer's length.
+    // `capacity * 512` fits in 64 bits, grains are at most 2^15 sectors.
     #[allow(clippy::arithmetic_side_effects)]
-    pub fn write(&self, lba: u64, buf: &[u8], global: u64, below: &dyn Disk) -> Result<()> {
+    pub fn map_write(&self, lba: u64, count: u64, global: u64, file: usize) -> Result<WriteRun<'_>> {
         if !matches!(self.flavor, Flavor::Kdmv { compressed: false, .. }) {
             return Err(Error::unsupported(
                 "writing to compressed (streamOptimized), COWD or seSparse extents is not supported",
             ));
         }
-        let total = buf.len() as u64 / SECTOR;
-        let mut pending = Vec::new();
-        let mut done = 0u64;
-        while done < total {
-            let at = lba + done;
-            let within = at % self.grain;
-            let n = (self.grain - within).min(total - done);
-            let piece = &buf[(done * SECTOR) as usize..((done + n) * SECTOR) as usize];
-            match self.lookup(at / self.grain)? {
-                GrainLoc::Data(o) => {
-                    let o = o + within * SECTOR;
-                    self.storage.write_at(piece, o).io_context("writing a grain", o)?;
-                }
-                GrainLoc::Compressed(_) => return Err(Error::unsupported("cannot overwrite a compressed grain")),
-                GrainLoc::Unallocated | GrainLoc::Zero => pending.push((at, done, n)),
+        let g = lba / self.grain;
+        let within = lba % self.grain;
+        let n = (self.grain - within).min(count);
+        let loc = self.lookup(g)?;
+        match loc {
+            GrainLoc::Data(o) => {
+                return Ok(WriteRun {
+                    sectors: n,
+                    target: WriteTarget::Host {
+                        file,
+                        offset: o + within * SECTOR,
+                    },
+                    completion: Completion::none(),
+                });
             }
-            done += n;
+            GrainLoc::Compressed(_) => return Err(Error::unsupported("cannot overwrite a compressed grain")),
+            GrainLoc::Unallocated | GrainLoc::Zero => {}
         }
-        if pending.is_empty() {
-            return Ok(());
+        let claim = self.claims.claim(g);
+        let loc = self.lookup(g)?;
+        if let GrainLoc::Data(_) = loc {
+            // Another writer allocated the grain meanwhile.
+            drop(claim);
+            return self.map_write(lba, count, global, file);
         }
-        let mut alloc = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
-        let mut updates = Vec::new();
-        for (at, done, n) in pending {
-            let g = at / self.grain;
-            let within = at % self.grain;
-            let piece = &buf[(done * SECTOR) as usize..((done + n) * SECTOR) as usize];
-            let loc = self.lookup(g)?;
-            if let GrainLoc::Data(o) = loc {
-                // Allocated meanwhile by another writer.
-                let o = o + within * SECTOR;
-                self.storage.write_at(piece, o).io_context("writing a grain", o)?;
-                continue;
-            }
-            if updates.iter().any(|&(h, _)| h == g) {
-                let (_, off) = *updates.iter().find(|&&(h, _)| h == g).expect("present");
-                let o = off + within * SECTOR;
-                self.storage.write_at(piece, o).io_context("writing a grain", o)?;
-                continue;
-            }
-            let gb = self.grain_bytes() as usize;
-            let off = alloc
+        let off = {
+            let mut alloc = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+            alloc
                 .space
-                .allocate(self.grain_bytes(), SECTOR, SpaceKind::Data, MAX_FILE_BYTES)?;
-            if n == self.grain {
-                self.storage
-                    .write_at(piece, off)
-                    .io_context("writing a new grain", off)?;
-            } else {
-                let mut full = vec![0u8; gb];
-                if loc == GrainLoc::Unallocated {
-                    let gstart = global + (at - lba) - within;
-                    let avail = below.sector_count().saturating_sub(gstart).min(self.grain);
-                    if avail > 0 {
-                        below.read(gstart, &mut full[..(avail * SECTOR) as usize])?;
-                    }
-                }
-                let s = (within * SECTOR) as usize;
-                full[s..s + piece.len()].copy_from_slice(piece);
-                self.storage
-                    .write_at(&full, off)
-                    .io_context("writing a new grain", off)?;
+                .allocate(self.grain_bytes(), SECTOR, SpaceKind::Data, MAX_FILE_BYTES)?
+        };
+        let value = off / SECTOR;
+        u32::try_from(value)
+            .map_err(|_| Error::unsupported("the extent is too large for 32-bit grain table entries"))?;
+        let target = if n == self.grain {
+            WriteTarget::Host { file, offset: off }
+        } else {
+            WriteTarget::Unit {
+                file,
+                offset: off,
+                lba: global - within,
+                sectors: self.grain,
+                fill: if loc == GrainLoc::Unallocated {
+                    Fill::Below
+                } else {
+                    Fill::Zeros
+                },
             }
-            self.file_len.fetch_max(off + gb as u64, Ordering::AcqRel);
-            updates.push((g, off));
-        }
-        if updates.is_empty() {
+        };
+        Ok(WriteRun {
+            sectors: n,
+            target,
+            completion: Completion::new(move |written| {
+                let _claim = claim;
+                if !written {
+                    // The reserved grain stays unused (a leak `check -r leaks` can cut).
+                    return Ok(());
+                }
+                self.file_len.fetch_max(off + self.grain_bytes(), Ordering::AcqRel);
+                let mut pending = self.pending.write().unwrap_or_else(|e| e.into_inner());
+                pending.insert(g, value);
+                let too_many = pending.len() > MAX_PENDING;
+                drop(pending);
+                if too_many {
+                    self.flush_pending()?;
+                }
+                Ok(())
+            }),
+        })
+    }
+
+    /// Make new grains durable, then write their grain table entries (primary and redundant;
+    /// new tables are written, flushed and then linked into the directories).
+    pub fn flush_pending(&self) -> Result<()> {
+        let mut alloc = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        let entries: Vec<(u64, u64)> = self
+            .pending
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(&g, &v)| (g, v))
+            .collect();
+        if entries.is_empty() {
             return Ok(());
         }
         self.storage.flush().io_context("flushing new grains", 0)?;
-        for (g, off) in updates {
-            self.set_entry(&mut alloc, g, off / SECTOR)?;
+        for &(g, value) in &entries {
+            self.set_entry(&mut alloc, g, value)?;
+            let mut pending = self.pending.write().unwrap_or_else(|e| e.into_inner());
+            if pending.get(&g) == Some(&value) {
+                pending.remove(&g);
+            }
         }
         Ok(())
     }
@@ -687,6 +716,7 @@ impl SparseExtent {
                 continue;
             }
             self.set_entry(&mut alloc, i, u64::from(zero))?;
+            self.pending.write().unwrap_or_else(|e| e.into_inner()).remove(&i);
             i = i.saturating_add(1);
         }
         Ok(())

@@ -167,11 +167,7 @@ fn nonzero_runs(data: &[u8], granularity: usize) -> Vec<Range<usize>> {
     runs
 }
 
-/// Whether every byte is zero (compared 16 bytes at a time, which the compiler vectorises).
-pub(crate) fn is_zero(buf: &[u8]) -> bool {
-    let (blocks, tail) = buf.as_chunks::<16>();
-    blocks.iter().all(|b| *b == [0u8; 16]) && tail.iter().all(|&b| b == 0)
-}
+pub(crate) use crate::mover::is_zero;
 
 #[cfg(test)]
 mod tests {

@@ -97,11 +97,7 @@ fn pattern_word(id: u32, lba: u64, index: u64) -> u64 {
     x ^ (x >> 32)
 }
 
-/// Whether `buf` is all zeros (compared a slice at a time: fast even in unoptimised test builds).
-pub(crate) fn is_zero(buf: &[u8]) -> bool {
-    const ZEROS: [u8; 4096] = [0; 4096];
-    buf.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
-}
+pub(crate) use crate::mover::is_zero;
 
 /// The first 12 bytes of a pattern sector: the write id and the LBA, little-endian.
 const HEADER: usize = 12;

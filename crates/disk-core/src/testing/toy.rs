@@ -9,7 +9,7 @@ use crate::disk::{Allocation, BlockStatus, Disk};
 use crate::error::{Error, IoResultExt, Result};
 use crate::image::Image;
 use crate::layer::{Layer, LayerInfo};
-use crate::mapping::{Mapping, Run, read_mapped};
+use crate::mapping::{Mapping, Run, WriteRun};
 use crate::probe::Format;
 use crate::storage::Storage;
 use crate::testing::conformance::{Capabilities, ImageFactory};
@@ -108,24 +108,29 @@ impl Layer for Toy {
     fn is_read_only(&self) -> bool {
         !self.writable
     }
-    fn read(&self, lba: u64, buf: &mut [u8], below: &dyn Disk) -> Result<()> {
+    fn map(&self, lba: u64, max: u64) -> Result<Run> {
         let state = self.state.lock().expect("lock");
-        read_mapped(lba, buf, SECTOR as u32, &*self.storage, below, |lba, max| {
-            let (block, within) = ((lba * SECTOR) / BLOCK, (lba * SECTOR) % BLOCK);
-            let sectors = ((BLOCK - within) / SECTOR).min(max);
-            Ok(match state.0[block as usize] {
-                0 => Run {
-                    sectors,
-                    mapping: Mapping::Unallocated,
-                },
-                o => Run {
-                    sectors,
-                    mapping: Mapping::Data(o + within),
-                },
-            })
+        let (block, within) = ((lba * SECTOR) / BLOCK, (lba * SECTOR) % BLOCK);
+        let sectors = ((BLOCK - within) / SECTOR).min(max);
+        Ok(match state.0[block as usize] {
+            0 => Run {
+                sectors,
+                mapping: Mapping::Unallocated,
+            },
+            o => Run {
+                sectors,
+                mapping: Mapping::data(o + within),
+            },
         })
     }
-    fn write(&self, lba: u64, buf: &[u8], _below: &dyn Disk) -> Result<()> {
+    fn map_for_write(&self, _lba: u64, count: u64) -> Result<WriteRun<'_>> {
+        // The toy writes (with its deliberate bugs) on its own.
+        Ok(WriteRun::engine(count))
+    }
+    fn host_file(&self, file: usize) -> Option<&Arc<dyn Storage>> {
+        (file == 0).then_some(&self.storage)
+    }
+    fn write_special(&self, lba: u64, buf: &[u8], _below: &dyn Disk) -> Result<()> {
         let mut state = self.state.lock().expect("lock");
         let mut done = 0usize;
         while done < buf.len() {

@@ -1,0 +1,133 @@
+//! The I/O core: moves guest data between caller buffers and host files as the engines'
+//! mappings ([`crate::mapping`]) say, for every format. No engine lock is held while data moves;
+//! only a [`Pin`](crate::mapping::Pin) on layers that have an [`IoGate`](crate::mapping::IoGate).
+
+use crate::disk::Disk;
+use crate::error::{Error, IoResultExt, Result};
+use crate::layer::Layer;
+use crate::mapping::{Fill, Mapping, Pin, WriteTarget};
+use crate::storage::Storage;
+use std::sync::Arc;
+
+/// Host file `file` of `layer`, or an error naming the engine's inconsistent answer.
+fn host(layer: &dyn Layer, file: usize) -> Result<&Arc<dyn Storage>> {
+    layer
+        .host_file(file)
+        .ok_or_else(|| Error::corrupt(format!("the image maps data to file {file}, which it does not have")))
+}
+
+/// Read `buf` (whole sectors from `lba`, range already validated) from `layer`, taking what the
+/// layer does not hold from `below`.
+pub fn read_layer(layer: &dyn Layer, lba: u64, buf: &mut [u8], below: &dyn Disk) -> Result<()> {
+    let ss = layer.sector_size() as usize;
+    let total = (buf.len() / ss) as u64;
+    let mut done = 0u64;
+    while done < total {
+        let at = lba + done;
+        let pin = Pin::of(layer.io_gate());
+        let run = layer.map(at, total - done)?;
+        let n = run.sectors.clamp(1, total - done);
+        let piece = &mut buf[(done as usize) * ss..((done + n) as usize) * ss];
+        match run.mapping {
+            Mapping::Data { file, offset } => host(layer, file)?
+                .read_at(piece, offset)
+                .io_context("reading data", offset)?,
+            Mapping::Zero => piece.fill(0),
+            Mapping::Unallocated => {
+                drop(pin);
+                below.read(at, piece)?;
+            }
+            Mapping::Special => layer.read_special(at, piece, below)?,
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// Write `buf` (whole sectors from `lba`, range validated, layer writable) to `layer`: for each
+/// run the engine maps (allocating where needed), write the data, then complete the mapping so
+/// the engine publishes its metadata. A failed data write abandons the run's reservation.
+pub fn write_layer(layer: &dyn Layer, lba: u64, buf: &[u8], below: &dyn Disk) -> Result<()> {
+    let ss = layer.sector_size() as usize;
+    let total = (buf.len() / ss) as u64;
+    let mut done = 0u64;
+    let mut unit_buf = Vec::new();
+    while done < total {
+        let at = lba + done;
+        let _pin = Pin::of(layer.io_gate());
+        let rest = &buf[(done as usize) * ss..];
+        if is_zero(&rest[..ss]) {
+            // Zeros where the layer already reads zeros need no write (and no allocation).
+            let run = layer.map(at, total - done)?;
+            let n = run.sectors.clamp(1, total - done);
+            if run.mapping == Mapping::Zero && is_zero(&rest[..n as usize * ss]) {
+                done += n;
+                continue;
+            }
+        }
+        let run = layer.map_for_write(at, total - done)?;
+        let n = run.sectors.clamp(1, total - done);
+        let piece = &buf[(done as usize) * ss..((done + n) as usize) * ss];
+        match run.target {
+            WriteTarget::Host { file, offset } => host(layer, file)?
+                .write_at(piece, offset)
+                .io_context("writing data", offset)?,
+            WriteTarget::Unit {
+                file,
+                offset,
+                lba: unit_lba,
+                sectors,
+                fill,
+            } => {
+                let end = unit_lba.checked_add(sectors);
+                if at < unit_lba || end.is_none_or(|e| at + n > e) {
+                    return Err(Error::corrupt(format!(
+                        "the image mapped sectors {at}+{n} into a unit {unit_lba}+{sectors} that does not hold them"
+                    )));
+                }
+                unit_buf.clear();
+                unit_buf.resize(sectors as usize * ss, 0);
+                if fill == Fill::Below {
+                    let inside = below.sector_count().saturating_sub(unit_lba).min(sectors);
+                    if inside > 0 {
+                        below.read(unit_lba, &mut unit_buf[..inside as usize * ss])?;
+                    }
+                }
+                let from = (at - unit_lba) as usize * ss;
+                unit_buf[from..from + piece.len()].copy_from_slice(piece);
+                host(layer, file)?
+                    .write_at(&unit_buf, offset)
+                    .io_context("writing a new unit", offset)?;
+            }
+            WriteTarget::Engine => layer.write_special(at, piece, below)?,
+        }
+        run.completion.complete()?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// Whether every byte is zero (compared 16 bytes at a time, which the compiler vectorises).
+pub fn is_zero(buf: &[u8]) -> bool {
+    let (blocks, tail) = buf.as_chunks::<16>();
+    blocks.iter().all(|b| *b == [0u8; 16]) && tail.iter().all(|&b| b == 0)
+}
+
+/// Largest zero buffer a layer's `write_zeroes` falls back to.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// Write zeros over `count` sectors from `lba` of `layer` through [`write_layer`], for engines
+/// that store zeros as data.
+pub fn write_zero_data(layer: &dyn Layer, lba: u64, count: u64, below: &dyn Disk) -> Result<()> {
+    static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
+    let ss = u64::from(layer.sector_size());
+    let per = (ZERO_CHUNK as u64 / ss).max(1);
+    let mut pos = lba;
+    let end = lba + count;
+    while pos < end {
+        let n = per.min(end - pos);
+        write_layer(layer, pos, &ZEROS[..(n * ss) as usize], below)?;
+        pos += n;
+    }
+    Ok(())
+}
