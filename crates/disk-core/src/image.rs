@@ -246,6 +246,12 @@ impl Image {
             .unwrap_or_else(|| Error::new(ErrorKind::NotFound, format!("parent '{display}' has no usable locator"))))
     }
 
+    /// The top layer alone, for the operations that consume a handle ([`Layer::resize`],
+    /// [`Layer::set_parent`]); the parents are closed.
+    pub fn into_top(mut self) -> Box<dyn Layer> {
+        self.layers.swap_remove(0).layer
+    }
+
     /// The top layer (the image that was named).
     pub fn top(&self) -> &dyn Layer {
         &*self.layers[0].layer

@@ -118,10 +118,10 @@ pub trait Layer: Send + Sync + Any {
     /// the current size, checked by the caller against [`Layer::max_virtual_size`]), in place and
     /// crash-safely: a crash at any write leaves the image opening with its old size and old
     /// data, or its new size with all data of the common prefix. Data past a smaller new end is
-    /// dropped (the caller decided that). Afterwards this handle is stale: drop it and reopen
-    /// the image. Formats made of several files (split VMDK) create new ones through `files`.
+    /// dropped (the caller decided that). The handle is consumed (so no view of the old size
+    /// can be written through): reopen the image to use it. Formats made of several files (split VMDK) create new ones through `files`.
     /// The default refuses with [`ErrorKind::Unsupported`](crate::ErrorKind).
-    fn resize(&self, new_size: u64, files: &dyn crate::FileCreator) -> Result<()> {
+    fn resize(self: Box<Self>, new_size: u64, files: &dyn crate::FileCreator) -> Result<()> {
         let _ = (new_size, files);
         Err(crate::Error::unsupported(format!(
             "resizing {} images is not supported",
@@ -144,9 +144,10 @@ pub trait Layer: Send + Sync + Any {
 
     /// Record a new parent (`rebase`), or none (`None`: the image becomes standalone, where the
     /// format can express that), updating the identity fields the format keeps (VHD parent
-    /// UUID and timestamp, VHDX parent linkage, VMDK `parentCID`). Data is not touched. The
+    /// UUID and timestamp, VHDX parent linkage, VMDK `parentCID`), durably. Data is not touched.
+    /// The handle is consumed: reopen the image (with its new parent) to use it. The
     /// default refuses with [`ErrorKind::Unsupported`](crate::ErrorKind).
-    fn set_parent(&self, parent: Option<&NewParent<'_>>) -> Result<()> {
+    fn set_parent(self: Box<Self>, parent: Option<&NewParent<'_>>) -> Result<()> {
         let _ = parent;
         Err(crate::Error::unsupported(format!(
             "changing the parent of {} images is not supported",

@@ -136,7 +136,7 @@ impl Layer for RawLayer {
     fn info(&self) -> LayerInfo {
         LayerInfo::new(Format::Raw, self.size)
     }
-    fn resize(&self, new_size: u64, _files: &dyn crate::FileCreator) -> Result<()> {
+    fn resize(self: Box<Self>, new_size: u64, _files: &dyn crate::FileCreator) -> Result<()> {
         if self.read_only {
             return Err(Error::read_only());
         }

@@ -103,7 +103,7 @@ pub fn plan(layer: &dyn Layer, has_parent: bool, change: SizeChange, options: &R
 /// Resize one opened, writable layer (its parents, if any, are not needed). New files a
 /// multi-file format needs (split VMDK extents) are made through `files`.
 pub fn resize_layer(
-    layer: &dyn Layer,
+    layer: Box<dyn Layer>,
     change: SizeChange,
     options: &ResizeOptions,
     files: &dyn FileCreator,
@@ -111,7 +111,7 @@ pub fn resize_layer(
     if layer.is_read_only() {
         return Err(Error::read_only());
     }
-    let planned = plan(layer, layer.parent().is_some(), change, options)?;
+    let planned = plan(&*layer, layer.parent().is_some(), change, options)?;
     if planned.new_size != planned.old_size {
         layer.resize(planned.new_size, files)?;
     }
@@ -134,7 +134,7 @@ pub fn resize_storage(
         plan(&*layer, layer.parent().is_some(), change, options)?;
     }
     let layer = driver.open(storage, &open.context(path, true))?;
-    resize_layer(&*layer, change, options, files)
+    resize_layer(layer, change, options, files)
 }
 
 /// Change the virtual size of the image at `path`. `driver` gives the engine for a format.
@@ -172,7 +172,7 @@ pub fn resize(
     let storage = Arc::new(open_file(true)?);
     let layer = engine.open(storage, &open.context(Some(path), true)).with_file(path)?;
     let files = SiblingFiles::beside(path);
-    resize_layer(&*layer, change, options, &files).with_file(path)
+    resize_layer(layer, change, options, &files).with_file(path)
 }
 
 /// Creates new files in the directory of an image (never replacing an existing file).

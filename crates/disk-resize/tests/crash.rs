@@ -324,8 +324,7 @@ fn set_parent_is_atomic(driver: &dyn Driver, options: &str) {
             absolute: None,
             child: None,
             layer: &*other_layer,
-        }))?;
-        layer.flush()
+        }))
     };
     let old_parent = driver
         .open(Arc::new(parent), &OpenOptions::new().context(None, false))

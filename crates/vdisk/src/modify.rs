@@ -340,7 +340,7 @@ fn commit_data_into_parent(path: &Path, options: &OpenOptions) -> Result<Moved> 
         drop(child);
         let child = open_single(path, options.format, true, options)?;
         child
-            .top()
+            .into_top()
             .set_parent(Some(&NewParent {
                 recorded: &parent_ref.display,
                 absolute: Some(&parent_path),
@@ -416,8 +416,7 @@ pub fn rebase(
     });
     let set = |at: &Path| -> Result<()> {
         let child = open_single(at, Some(format), true, options)?;
-        child.top().set_parent(record.as_ref())?;
-        child.flush()
+        child.into_top().set_parent(record.as_ref())
     };
     if is_descriptor_file(path, Some(format)) {
         // A descriptor of its own: rewritten in a copy renamed over it (atomic).

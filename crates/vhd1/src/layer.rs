@@ -474,16 +474,18 @@ impl Layer for VhdLayer {
         crate::check::check(self, repair)
     }
 
-    fn resize(&self, new_size: u64, _files: &dyn disk_core::FileCreator) -> Result<()> {
-        self.resize_in_place(new_size)
+    fn resize(self: Box<Self>, new_size: u64, _files: &dyn disk_core::FileCreator) -> Result<()> {
+        self.resize_in_place(new_size)?;
+        self.flush()
     }
 
     fn max_virtual_size(&self) -> Option<u64> {
         Some(crate::format::MAX_DISK_SIZE)
     }
 
-    fn set_parent(&self, parent: Option<&disk_core::NewParent<'_>>) -> Result<()> {
-        self.set_parent_in_place(parent)
+    fn set_parent(self: Box<Self>, parent: Option<&disk_core::NewParent<'_>>) -> Result<()> {
+        self.set_parent_in_place(parent)?;
+        self.flush()
     }
 
     fn as_any(&self) -> &dyn Any {

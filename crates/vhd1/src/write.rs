@@ -134,7 +134,14 @@ impl VhdLayer {
             .ok_or_else(|| Error::unsupported("the image file has grown past what a BAT entry can address"))?;
         let end = start + footprint;
         if end > state.chunk_end {
-            self.grow_chunk(sp, &mut state, end + footprint * (CHUNK_BLOCKS - 1))?;
+            // Reserving ahead is an optimisation: where the storage refuses the larger file
+            // (a quota, a size limit), reserve this block alone.
+            if self
+                .grow_chunk(sp, &mut state, end + footprint * (CHUNK_BLOCKS - 1))
+                .is_err()
+            {
+                self.grow_chunk(sp, &mut state, end)?;
+            }
         }
         state.free = end;
         Ok(start)

@@ -92,8 +92,6 @@ pub struct VhdxLayer {
     /// Set when the image's own structures overlap (found on open): changes are refused even
     /// in repair mode, as the log or a table would be written over another structure.
     pub(crate) structural: Option<String>,
-    /// Set after a resize: this handle's geometry is out of date; reopen the image.
-    pub(crate) stale: AtomicBool,
     pub(crate) parent: Option<ParentRef>,
 }
 
@@ -242,7 +240,6 @@ impl VhdxLayer {
             session_started: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
             structural: survey.structural,
-            stale: AtomicBool::new(false),
             parent,
             meta,
         };
@@ -450,14 +447,16 @@ impl Layer for VhdxLayer {
     fn parent(&self) -> Option<&ParentRef> {
         self.parent.as_ref()
     }
-    fn resize(&self, new_size: u64, _files: &dyn disk_core::FileCreator) -> Result<()> {
-        self.resize_in_place(new_size)
+    fn resize(self: Box<Self>, new_size: u64, _files: &dyn disk_core::FileCreator) -> Result<()> {
+        self.resize_in_place(new_size)?;
+        self.flush()
     }
     fn max_virtual_size(&self) -> Option<u64> {
         Some(self.max_size())
     }
-    fn set_parent(&self, parent: Option<&disk_core::NewParent<'_>>) -> Result<()> {
-        self.set_parent_in_place(parent)
+    fn set_parent(self: Box<Self>, parent: Option<&disk_core::NewParent<'_>>) -> Result<()> {
+        self.set_parent_in_place(parent)?;
+        self.flush()
     }
     fn parent_identity_recorded(&self) -> bool {
         self.meta.parent.as_ref().is_none_or(|loc| !linkages(loc).is_empty())

@@ -6,7 +6,6 @@ use crate::format::*;
 use crate::layer::{VhdxLayer, lock};
 use crate::write::Txn;
 use disk_core::{Error, IoResultExt, NewParent, Result};
-use std::sync::atomic::Ordering;
 use zerocopy::FromBytes;
 
 impl VhdxLayer {
@@ -79,7 +78,6 @@ impl VhdxLayer {
         if !st.header.log_guid.is_nil() {
             self.update_header(&mut st, |h| h.log_guid = disk_core::guid::MsGuid::NIL)?;
         }
-        self.stale.store(true, Ordering::Release);
         Ok(())
     }
 }

@@ -25,7 +25,6 @@ use crate::layer::{MAX_BAT_BYTES, VhdxLayer, WriteState, lock, read_lock, write_
 use crate::parse::checksum_with_zero_field;
 use crate::write::{MAX_FILE_SIZE, Txn, forget_past};
 use disk_core::{Error, IoResultExt, Result, SpaceKind};
-use std::sync::atomic::Ordering;
 use zerocopy::FromBytes;
 
 impl VhdxLayer {
@@ -161,7 +160,6 @@ impl VhdxLayer {
             // The log is empty now, so no replay can ask for the old file length back.
             self.cut_unused_tail(&mut st)?;
         }
-        self.stale.store(true, Ordering::Release);
         Ok(())
     }
 

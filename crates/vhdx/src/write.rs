@@ -73,11 +73,6 @@ impl VhdxLayer {
         if !self.writable {
             return Err(Error::read_only());
         }
-        if self.stale.load(Ordering::Acquire) {
-            return Err(Error::invalid_argument(
-                "the image was resized: reopen it to make more changes",
-            ));
-        }
         if self.poisoned.load(Ordering::Acquire) {
             return Err(Error::new(
                 ErrorKind::Io,
@@ -229,7 +224,15 @@ impl VhdxLayer {
         }
         let chunk = (16 * self.geo.block_size).min(64 * MIB).max(self.geo.block_size);
         let target = end.saturating_add(chunk).min(MAX_FILE_SIZE).max(end);
-        self.file.set_len(target).io_context("extending the file", end)?;
+        // Growing ahead is an optimisation: where the storage refuses the larger size (a
+        // quota, a size limit), grow exactly as far as needed.
+        let target = match self.file.set_len(target) {
+            Ok(()) => target,
+            Err(_) => {
+                self.file.set_len(end).io_context("extending the file", end)?;
+                end
+            }
+        };
         *grown = target;
         Ok(())
     }

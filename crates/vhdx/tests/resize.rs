@@ -10,7 +10,7 @@ const MIB: u64 = 1 << 20;
 
 fn resize(s: &Arc<MemStorage>, size: u64) -> disk_core::Result<()> {
     let d = open_mem(s, true)?;
-    d.top().resize(size, &NoExtraFiles)
+    d.into_top().resize(size, &NoExtraFiles)
 }
 
 #[test]
@@ -65,24 +65,17 @@ fn limits_and_stale_handles() {
     let d = open_mem(&s, true).unwrap();
     let max = d.top().max_virtual_size().unwrap();
     assert_eq!(max, 64 << 40, "the specification's limit (the BAT moves when it must)");
-    assert_eq!(
-        d.top().resize(max + 512, &NoExtraFiles).unwrap_err().kind(),
-        ErrorKind::InvalidArgument
-    );
-    assert_eq!(
-        d.top().resize(1000, &NoExtraFiles).unwrap_err().kind(),
-        ErrorKind::InvalidArgument
-    );
-    // Past the ~127 GiB a 1 MiB BAT region holds at 1 MiB blocks.
+    assert_eq!(resize(&s, max + 512).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(resize(&s, 1000).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    // Past the ~127 GiB a 1 MiB BAT region holds at 1 MiB blocks. The handle is consumed:
+    // nothing can be written through the old view of the size.
     let big = 200 << 30;
-    d.top().resize(big, &NoExtraFiles).unwrap();
-    assert!(d.write(0, &[1u8; 512]).is_err(), "the handle is stale after a resize");
-    drop(d);
+    d.into_top().resize(big, &NoExtraFiles).unwrap();
     let d = open_mem(&s, true).unwrap();
     assert_eq!(d.virtual_size(), big);
     d.write(big / 512 - 1, &[7u8; 512]).unwrap();
     let ro = open_mem(&s, false).unwrap();
-    assert!(ro.top().resize(MIB, &NoExtraFiles).is_err());
+    assert!(ro.into_top().resize(MIB, &NoExtraFiles).is_err());
 }
 
 #[test]
@@ -243,8 +236,7 @@ fn moving_the_bat_survives_a_crash_anywhere() {
             let r = d.top().check(disk_core::Repair::None).unwrap();
             assert!(r.corruptions.is_empty(), "{what}: {:?}", r.corruptions);
             // The image stays usable: a second resize completes.
-            d.top().resize(new + (1 << 30), &NoExtraFiles).unwrap();
-            drop(d);
+            d.into_top().resize(new + (1 << 30), &NoExtraFiles).unwrap();
             let d = open_mem(&img, false).unwrap();
             assert_eq!(d.virtual_size(), new + (1 << 30), "{what}");
             assert!(spots_intact(&d, old), "{what}: data after a second resize");
@@ -311,7 +303,7 @@ fn qemu_agrees_after_moving_the_bat() {
             d.top().as_any().downcast_ref::<vhdx::VhdxLayer>().unwrap().max_size() >= new,
             "the limit is the specification's"
         );
-        d.top().resize(new, &NoExtraFiles).unwrap();
+        d.into_top().resize(new, &NoExtraFiles).unwrap();
     }
     common::run(Command::new("qemu-img").args(["check", "-f", "vhdx"]).arg(&img));
     let info = common::run(

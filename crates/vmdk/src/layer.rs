@@ -672,16 +672,18 @@ impl Layer for VmdkLayer {
         Ok(report)
     }
 
-    fn resize(&self, new_size: u64, files: &dyn disk_core::FileCreator) -> Result<()> {
-        self.resize_in_place(new_size, files)
+    fn resize(self: Box<Self>, new_size: u64, files: &dyn disk_core::FileCreator) -> Result<()> {
+        self.resize_in_place(new_size, files)?;
+        self.flush()
     }
 
     fn max_virtual_size(&self) -> Option<u64> {
         self.size_limit()
     }
 
-    fn set_parent(&self, parent: Option<&disk_core::NewParent<'_>>) -> Result<()> {
-        self.set_parent_in_place(parent)
+    fn set_parent(self: Box<Self>, parent: Option<&disk_core::NewParent<'_>>) -> Result<()> {
+        self.set_parent_in_place(parent)?;
+        self.flush()
     }
 
     fn as_any(&self) -> &dyn Any {
