@@ -1,6 +1,7 @@
 //! The sector-level interface every image (and every chain of images) presents.
 
 use crate::error::{Error, Result};
+use std::io::{IoSlice, IoSliceMut};
 use uuid::Uuid;
 
 /// What a range of sectors holds, as [`Disk::block_status`] reports it.
@@ -104,6 +105,92 @@ pub trait Disk: Send + Sync {
 
     /// The status of the run of sectors starting at `lba`, looking at no more than `count`.
     fn block_status(&self, lba: u64, count: u64) -> Result<BlockStatus>;
+
+    /// Read consecutive sectors from `lba` into several buffers (a guest's scatter list). The
+    /// buffers together must be a whole number of sectors; each may be any length.
+    fn read_vectored(&self, lba: u64, bufs: &mut [IoSliceMut<'_>]) -> Result<()> {
+        let total = bufs.iter().map(|b| b.len()).sum::<usize>();
+        SectorRange::for_buffer(self, lba, total)?;
+        let ss = self.sector_size() as usize;
+        if bufs.iter().all(|b| b.len().is_multiple_of(ss)) {
+            let mut at = lba;
+            for b in bufs.iter_mut() {
+                self.read(at, b)?;
+                at += (b.len() / ss) as u64;
+            }
+            return Ok(());
+        }
+        let mut bounce = vec![0u8; total];
+        self.read(lba, &mut bounce)?;
+        let mut from = 0;
+        for b in bufs.iter_mut() {
+            let n = b.len();
+            b.copy_from_slice(&bounce[from..from + n]);
+            from += n;
+        }
+        Ok(())
+    }
+
+    /// Write several buffers (a gather list) as consecutive sectors from `lba`; with `fua`
+    /// (force unit access) the data and the metadata that makes it visible are durable when
+    /// this returns.
+    fn write_vectored(&self, lba: u64, bufs: &[IoSlice<'_>], fua: bool) -> Result<()> {
+        let total = bufs.iter().map(|b| b.len()).sum::<usize>();
+        SectorRange::for_buffer(self, lba, total)?;
+        let ss = self.sector_size() as usize;
+        if bufs.iter().all(|b| b.len().is_multiple_of(ss)) {
+            let mut at = lba;
+            for b in bufs {
+                self.write(at, b)?;
+                at += (b.len() / ss) as u64;
+            }
+        } else {
+            let bounce: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            self.write(lba, &bounce)?;
+        }
+        if fua { self.flush() } else { Ok(()) }
+    }
+
+    /// Whether `fua` on [`Disk::write_vectored`] is honoured (here by a flush after the write,
+    /// which also makes earlier writes durable).
+    fn is_fua_respected(&self) -> bool {
+        true
+    }
+
+    /// Make `count` sectors from `lba` read as zeros; `unmap` allows releasing their space
+    /// (NVMe Write Zeroes with DEAC, SCSI WRITE SAME with UNMAP). Without it the engine still
+    /// may release space where the format reads released space as zeros.
+    fn write_zeroes_unmap(&self, lba: u64, count: u64, unmap: bool) -> Result<()> {
+        if unmap {
+            self.discard(lba, count)
+        } else {
+            self.write_zeroes(lba, count)
+        }
+    }
+
+    /// What [`Disk::discard`] does, for a device that must declare it (SCSI LBPRZ, NVMe DLFEAT).
+    fn discard_behavior(&self) -> DiscardBehavior {
+        DiscardBehavior {
+            reads_zeros: true,
+            granularity: u64::from(self.sector_size()),
+        }
+    }
+
+    /// The I/O size and alignment, in bytes, that avoids read-modify-write and partial
+    /// allocation units (a block or grain; the physical sector size otherwise).
+    fn optimal_io_alignment(&self) -> u64 {
+        u64::from(self.physical_sector_size())
+    }
+}
+
+/// What [`Disk::discard`] guarantees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiscardBehavior {
+    /// Discarded sectors read as zeros afterwards (true for every vdisk engine: never stale
+    /// data, never a parent's data).
+    pub reads_zeros: bool,
+    /// Bytes below which a discard releases no space (it still zeroes the sectors).
+    pub granularity: u64,
 }
 
 /// A validated, in-range run of sectors.
@@ -220,6 +307,24 @@ macro_rules! forward_disk {
             }
             fn block_status(&self, lba: u64, count: u64) -> Result<BlockStatus> {
                 (**self).block_status(lba, count)
+            }
+            fn read_vectored(&self, lba: u64, bufs: &mut [IoSliceMut<'_>]) -> Result<()> {
+                (**self).read_vectored(lba, bufs)
+            }
+            fn write_vectored(&self, lba: u64, bufs: &[IoSlice<'_>], fua: bool) -> Result<()> {
+                (**self).write_vectored(lba, bufs, fua)
+            }
+            fn is_fua_respected(&self) -> bool {
+                (**self).is_fua_respected()
+            }
+            fn write_zeroes_unmap(&self, lba: u64, count: u64, unmap: bool) -> Result<()> {
+                (**self).write_zeroes_unmap(lba, count, unmap)
+            }
+            fn discard_behavior(&self) -> DiscardBehavior {
+                (**self).discard_behavior()
+            }
+            fn optimal_io_alignment(&self) -> u64 {
+                (**self).optimal_io_alignment()
             }
         }
     )*};

@@ -32,6 +32,10 @@ pub enum ErrorKind {
     ParentMismatch,
     /// The content matches no format this library knows (only when a format was required).
     UnknownFormat,
+    /// An earlier metadata update of this handle failed midway, so its view of the image is no
+    /// longer known to match the file: changes are refused until the image is reopened (which
+    /// recovers it, e.g. by replaying the VHDX log).
+    Poisoned,
 }
 
 impl ErrorKind {
@@ -48,8 +52,39 @@ impl ErrorKind {
             ErrorKind::NotFound => "not found",
             ErrorKind::ParentMismatch => "parent mismatch",
             ErrorKind::UnknownFormat => "unknown format",
+            ErrorKind::Poisoned => "poisoned",
         }
     }
+
+    /// How a virtual SCSI or NVMe device reports this error to its guest.
+    pub fn device_status(self) -> DeviceStatus {
+        match self {
+            ErrorKind::OutOfRange | ErrorKind::InvalidArgument | ErrorKind::Unsupported => DeviceStatus::IllegalRequest,
+            ErrorKind::ReadOnly => DeviceStatus::WriteProtected,
+            ErrorKind::Corrupt | ErrorKind::ParentMismatch | ErrorKind::UnknownFormat => DeviceStatus::MediumError,
+            ErrorKind::Io | ErrorKind::Poisoned | ErrorKind::ExternalFileDenied | ErrorKind::NotFound => {
+                DeviceStatus::IoError
+            }
+        }
+    }
+}
+
+/// The class of failure a virtual disk device reports for an [`ErrorKind`]
+/// ([`ErrorKind::device_status`]): SCSI sense keys / NVMe status codes map onto these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceStatus {
+    /// The request itself is invalid: a block out of range, a misaligned buffer, an operation
+    /// the image cannot do (SCSI ILLEGAL REQUEST / LBA out of range; NVMe Invalid Field, LBA Out
+    /// of Range).
+    IllegalRequest,
+    /// The disk is read-only (SCSI DATA PROTECT; NVMe Write to Read Only Range).
+    WriteProtected,
+    /// The data at that place cannot be read correctly: damaged metadata, a missing or wrong
+    /// parent (SCSI MEDIUM ERROR / unrecovered read error; NVMe Unrecovered Read Error).
+    MediumError,
+    /// The host storage failed or the handle must be reopened (SCSI HARDWARE ERROR; NVMe
+    /// Internal Error / Data Transfer Error).
+    IoError,
 }
 
 impl fmt::Display for ErrorKind {

@@ -1,6 +1,6 @@
 //! A chain of layers (an image and its parents) presented as one [`Disk`].
 
-use crate::disk::{Allocation, BlockStatus, Disk, SectorRange};
+use crate::disk::{Allocation, BlockStatus, DiscardBehavior, Disk, SectorRange};
 use crate::driver::{LayerOpener, OpenContext};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layer::{Layer, LayerInfo, ParentRef};
@@ -353,6 +353,18 @@ impl Disk for Image {
             return Ok(());
         }
         self.named(self.top().flush())
+    }
+    fn discard_behavior(&self) -> DiscardBehavior {
+        DiscardBehavior {
+            reads_zeros: true,
+            granularity: self.optimal_io_alignment(),
+        }
+    }
+    fn optimal_io_alignment(&self) -> u64 {
+        self.top()
+            .allocation_unit()
+            .unwrap_or(0)
+            .max(u64::from(self.physical_sector_size()))
     }
     fn block_status(&self, lba: u64, count: u64) -> Result<BlockStatus> {
         SectorRange::check(self, lba, count)?;

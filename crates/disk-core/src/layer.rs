@@ -108,6 +108,12 @@ pub trait Layer: Send + Sync + Any {
     /// What `vdisk info` shows.
     fn info(&self) -> LayerInfo;
 
+    /// The unit of allocation in bytes (block or grain size), if the format has one: the
+    /// alignment that avoids partial allocations.
+    fn allocation_unit(&self) -> Option<u64> {
+        self.info().cluster_size
+    }
+
     /// Verify metadata consistency, repairing what `repair` allows.
     fn check(&self, repair: Repair) -> Result<CheckReport> {
         let _ = repair;

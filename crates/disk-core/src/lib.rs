@@ -41,11 +41,11 @@ mod storage;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
-pub use disk::{Allocation, BlockStatus, Disk, SectorRange, write_zero_buffers};
+pub use disk::{Allocation, BlockStatus, DiscardBehavior, Disk, SectorRange, write_zero_buffers};
 pub use driver::{
     BackingSpec, CreateSpec, Driver, FileCreator, LayerOpener, MeasureSource, Measurement, NoExtraFiles, OpenContext,
 };
-pub use error::{Error, ErrorContext, ErrorKind, IoResultExt, Result, ResultExt, display_chain};
+pub use error::{DeviceStatus, Error, ErrorContext, ErrorKind, IoResultExt, Result, ResultExt, display_chain};
 pub use image::{Image, MissingParent, OpenOptions};
 pub use layer::{CheckReport, Findings, InfoValue, Layer, LayerInfo, MAX_CHECK_DETAILS, NewParent, ParentRef, Repair};
 pub use options::{Options, parse_size};

@@ -44,9 +44,9 @@ pub use modify::{AfterCommit, commit, commit_then, flatten, rebase, resize};
 pub use registry::{driver, drivers};
 
 pub use disk_core::{
-    self, Allocation, BlockStatus, CheckReport, DenyExternal, Disk, Error, ErrorKind, Findings, Format, FsPolicy,
-    FsResolver, Image, InfoValue, Layer, LayerInfo, MemResolver, MemStorage, MissingParent, OpenOptions, Options,
-    Repair, Resolver, Result, Storage, bytes, ops, parse_size, probe,
+    self, Allocation, BlockStatus, CheckReport, DenyExternal, DeviceStatus, DiscardBehavior, Disk, Error, ErrorKind,
+    Findings, Format, FsPolicy, FsResolver, Image, InfoValue, Layer, LayerInfo, MemResolver, MemStorage, MissingParent,
+    OpenOptions, Options, Repair, Resolver, Result, Storage, bytes, ops, parse_size, probe,
 };
 pub use disk_resize;
 pub use vhd1;

@@ -75,7 +75,7 @@ impl VhdxLayer {
         }
         if self.poisoned.load(Ordering::Acquire) {
             return Err(Error::new(
-                ErrorKind::Io,
+                ErrorKind::Poisoned,
                 "an earlier metadata update failed; reopen the image to recover it from its log",
             ));
         }

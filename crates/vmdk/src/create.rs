@@ -309,6 +309,8 @@ pub(crate) fn create(storage: &dyn Storage, mut spec: CreateSpec<'_>) -> Result<
     desc.set("ddb.geometry.sectors", "63");
     desc.set("ddb.adapterType", &adapter);
     desc.set("ddb.toolsVersion", &tools);
+    // The disk's stable identity (VirtualBox's key; VMware reads it too).
+    desc.set("ddb.uuid.image", &uuid::Uuid::new_v4().hyphenated().to_string());
     let text = desc.render().into_bytes();
 
     match sub {

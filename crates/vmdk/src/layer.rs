@@ -71,6 +71,8 @@ pub struct VmdkLayer {
     parent: Option<ParentRef>,
     cid_updated: AtomicBool,
     stream: Option<StreamWriter>,
+    /// `ddb.uuid.image` (VirtualBox) or `ddb.uuid` (VMware, 16 hex bytes), if recorded.
+    disk_uuid: Option<uuid::Uuid>,
 }
 
 impl VmdkLayer {
@@ -108,7 +110,13 @@ impl VmdkLayer {
             },
             _ => None,
         };
+        let disk_uuid = descriptor.as_ref().and_then(|d| {
+            let text = d.get("ddb.uuid.image").or_else(|| d.get("ddb.uuid"))?;
+            let hex: String = text.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+            uuid::Uuid::try_parse(&hex).ok().filter(|u| !u.is_nil())
+        });
         Ok(VmdkLayer {
+            disk_uuid,
             descriptor: Mutex::new(descriptor),
             home,
             create_type,
@@ -305,6 +313,9 @@ impl Layer for VmdkLayer {
     }
     fn is_read_only(&self) -> bool {
         self.read_only
+    }
+    fn disk_id(&self) -> Option<uuid::Uuid> {
+        self.disk_uuid
     }
 
     fn map(&self, lba: u64, count: u64) -> Result<Run> {

@@ -68,11 +68,35 @@ pub fn open_mem(storage: &Arc<MemStorage>, writable: bool) -> Result<Image> {
 /// block, as a crash would leave it), and the contents it has after replay.
 pub fn dirty_image(size: u64) -> (Arc<MemStorage>, Vec<u8>) {
     use disk_core::Disk;
-    let storage = create_mem(size, "block_size=1M").unwrap();
-    let disk = open_mem(&storage, true).unwrap();
+    use disk_core::testing::{FaultPlan, FaultyStorage};
+    let base = create_mem(size, "block_size=1M").unwrap();
+    // A write's metadata is logged at the flush, whose last step marks the log empty in the
+    // header: fail exactly that header write, so the file keeps one applied log entry.
+    let counting = Arc::new(FaultyStorage::new(base.snapshot()));
+    let image = |storage: Arc<FaultyStorage<MemStorage>>| {
+        let layer = open_layer(storage, true).unwrap();
+        disk_core::Image::single(layer, None)
+    };
+    let disk = image(counting.clone());
     disk.write(3, &[0x5a; 1024]).unwrap();
-    let expected = read_all(&disk);
-    let dirty = Arc::new(storage.snapshot());
+    let before_flush = counting.counts().writes;
+    disk.flush().unwrap();
+    let last = counting.counts().writes;
     drop(disk);
-    (dirty, expected)
+    for n in (before_flush..last).rev() {
+        let storage = Arc::new(FaultyStorage::new(base.snapshot()).with_plan(FaultPlan::none().write(n)));
+        let disk = image(storage.clone());
+        disk.write(3, &[0x5a; 1024]).unwrap();
+        if disk.flush().is_ok() {
+            continue;
+        }
+        let dirty = Arc::new(storage.inner().snapshot());
+        std::mem::forget(disk);
+        let probe = open_mem(&dirty, false).unwrap();
+        if probe.top().info().dirty == Some(true) {
+            let expected = read_all(&probe);
+            return (dirty, expected);
+        }
+    }
+    panic!("no failed flush left the log applied but not marked empty");
 }
