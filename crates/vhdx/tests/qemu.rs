@@ -3,9 +3,7 @@
 
 mod common;
 
-use common::{
-    create_file, create_mem, open_file, qemu_check_and_compare, qemu_img_available, read_all, run, tools_available,
-};
+use common::{create_file, open_file, qemu_check_and_compare, qemu_img_available, read_all, run, tools_available};
 use disk_core::Disk;
 use std::path::Path;
 use std::process::Command;
@@ -150,17 +148,18 @@ fn qemu_replays_our_log() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let storage = create_mem(8 * MIB, "block_size=1M").unwrap();
-    let disk = common::open_mem(&storage, true).unwrap();
     let mut expected = vec![0u8; 8 * MIB as usize];
     for (off, byte) in [(MIB + 1024, 0x5au8), (5 * MIB, 0x6b)] {
-        disk.write(off / 512, &[byte; 4096]).unwrap();
         expected[off as usize..off as usize + 4096].fill(byte);
     }
-    // The file as a crash right after the last log entry was written would leave it: the log
-    // entry durable, the BAT not yet updated (our layout puts the BAT at 3 MiB: blank it).
+    let (storage, _) = common::dirty_after(8 * MIB, |disk| {
+        for (off, byte) in [(MIB + 1024, 0x5au8), (5 * MIB, 0x6b)] {
+            disk.write(off / 512, &[byte; 4096]).unwrap();
+        }
+    });
+    // The file as a crash right after the log entry was written would leave it: the log entry
+    // durable, the BAT not yet updated (our layout puts the BAT at 3 MiB: blank it).
     let mut bytes = storage.to_vec();
-    drop(disk);
     bytes[3 * MIB as usize..4 * MIB as usize].fill(0);
     let img = dir.path().join("dirty.vhdx");
     std::fs::write(&img, &bytes).unwrap();

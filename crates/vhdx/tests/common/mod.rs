@@ -68,6 +68,13 @@ pub fn open_mem(storage: &Arc<MemStorage>, writable: bool) -> Result<Image> {
 /// block, as a crash would leave it), and the contents it has after replay.
 pub fn dirty_image(size: u64) -> (Arc<MemStorage>, Vec<u8>) {
     use disk_core::Disk;
+    dirty_after(size, |disk| disk.write(3, &[0x5a; 1024]).unwrap())
+}
+
+/// A dynamic image of `size` bytes (1 MiB blocks) after `writes`, flushed up to the header
+/// update that marks the log empty (which failed): its log holds the applied entry.
+pub fn dirty_after(size: u64, writes: impl Fn(&disk_core::Image)) -> (Arc<MemStorage>, Vec<u8>) {
+    use disk_core::Disk;
     use disk_core::testing::{FaultPlan, FaultyStorage};
     let base = create_mem(size, "block_size=1M").unwrap();
     // A write's metadata is logged at the flush, whose last step marks the log empty in the
@@ -78,7 +85,7 @@ pub fn dirty_image(size: u64) -> (Arc<MemStorage>, Vec<u8>) {
         disk_core::Image::single(layer, None)
     };
     let disk = image(counting.clone());
-    disk.write(3, &[0x5a; 1024]).unwrap();
+    writes(&disk);
     let before_flush = counting.counts().writes;
     disk.flush().unwrap();
     let last = counting.counts().writes;
@@ -86,7 +93,7 @@ pub fn dirty_image(size: u64) -> (Arc<MemStorage>, Vec<u8>) {
     for n in (before_flush..last).rev() {
         let storage = Arc::new(FaultyStorage::new(base.snapshot()).with_plan(FaultPlan::none().write(n)));
         let disk = image(storage.clone());
-        disk.write(3, &[0x5a; 1024]).unwrap();
+        writes(&disk);
         if disk.flush().is_ok() {
             continue;
         }
