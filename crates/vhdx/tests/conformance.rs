@@ -26,6 +26,7 @@ fn all_but_crash(f: &dyn ImageFactory) {
     testing::check_read_only(f);
     testing::check_discard(f);
     testing::check_concurrent_reads(f);
+    testing::check_concurrent_writes(f);
     testing::check_model(f, &Config::from_env());
 }
 

@@ -45,6 +45,7 @@ mod sparse {
     #[test]
     fn concurrent_reads() {
         disk_core::testing::check_concurrent_reads(&f());
+        disk_core::testing::check_concurrent_writes(&f());
     }
     #[test]
     fn model() {

@@ -69,6 +69,7 @@ mod raw_file {
     #[test]
     fn conformance_concurrent_reads() {
         check_concurrent_reads(&raw_files());
+        check_concurrent_writes(&raw_files());
     }
     #[test]
     fn conformance_model() {
