@@ -1,6 +1,6 @@
 //! The I/O core: moves guest data between caller buffers and host files as the engines'
 //! mappings ([`crate::mapping`]) say, for every format. No engine lock is held while data moves;
-//! only a [`Pin`](crate::mapping::Pin) on layers that have an [`IoGate`](crate::mapping::IoGate).
+//! only a [`Pin`] on layers that have an [`IoGate`](crate::mapping::IoGate).
 
 use crate::disk::Disk;
 use crate::error::{Error, IoResultExt, Result};
