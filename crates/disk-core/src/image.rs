@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use uuid::Uuid;
 
+mod host_map;
+
+pub use host_map::{ReadMapping, ReadSource, WriteMapping};
+
 /// What to do when a parent cannot be opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MissingParent {

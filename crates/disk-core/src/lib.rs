@@ -46,7 +46,7 @@ pub use driver::{
     BackingSpec, CreateSpec, Driver, FileCreator, LayerOpener, MeasureSource, Measurement, NoExtraFiles, OpenContext,
 };
 pub use error::{DeviceStatus, Error, ErrorContext, ErrorKind, IoResultExt, Result, ResultExt, display_chain};
-pub use image::{Image, MissingParent, OpenOptions};
+pub use image::{Image, MissingParent, OpenOptions, ReadMapping, ReadSource, WriteMapping};
 pub use layer::{CheckReport, Findings, InfoValue, Layer, LayerInfo, MAX_CHECK_DETAILS, NewParent, ParentRef, Repair};
 pub use options::{Options, parse_size};
 pub use probe::{Format, probe, vhd_footer_checksum_ok};
