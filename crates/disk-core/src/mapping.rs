@@ -11,6 +11,35 @@
 //! [`IoGate`]: the core holds a [`Pin`] from before it asks for a mapping until the data I/O of
 //! that run has finished, and the engine takes the gate exclusively before releasing space.
 //!
+//! ## For embedders: resolving guest ranges to host file ranges
+//!
+//! Embedders that move the data themselves (io_uring, `O_DIRECT`, DMA from guest memory) use
+//! [`Image::map_read`] and [`Image::map_write`]. The contract, per run:
+//!
+//! - **Reads**: read `sectors` sectors at `offset` of the returned storage while the
+//!   [`ReadMapping`] is alive (it pins the space against reuse). `Zero` runs read as zeros;
+//!   `Engine` runs (compressed or streamed data) go through [`Disk::read`].
+//! - **Writes**: write the data to the target while the [`WriteMapping`] is alive, then call
+//!   [`WriteMapping::complete`]. A `Unit` target is written whole, the sectors outside the write
+//!   taken from [`Image::read_below`] (`Fill::Below`) or zeros; an `Engine` target goes through
+//!   [`Disk::write`] (drop the mapping first). Dropping a mapping without completing it abandons
+//!   the reservation (the space stays unused).
+//! - **Durability**: completed writes are visible at once and durable after [`Disk::flush`],
+//!   which writes the metadata after flushing the data (docs/ARCHITECTURE.md has the order per
+//!   format).
+//!
+//! A mapping borrows the image and holds a lock guard, so it stays on the thread that made it:
+//! an async embedder maps, does the I/O and completes inside one blocking task.
+//!
+//! [`Image::map_read`]: crate::Image::map_read
+//! [`Image::map_write`]: crate::Image::map_write
+//! [`Image::read_below`]: crate::Image::read_below
+//! [`ReadMapping`]: crate::ReadMapping
+//! [`WriteMapping`]: crate::WriteMapping
+//! [`WriteMapping::complete`]: crate::WriteMapping::complete
+//! [`Disk::read`]: crate::Disk::read
+//! [`Disk::write`]: crate::Disk::write
+//! [`Disk::flush`]: crate::Disk::flush
 //! [`Layer::map`]: crate::Layer::map
 //! [`Layer::map_for_write`]: crate::Layer::map_for_write
 

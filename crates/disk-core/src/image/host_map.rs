@@ -1,19 +1,5 @@
-//! Resolving guest ranges to host file ranges, for embedders that move the data themselves
-//! (io_uring, `O_DIRECT`, DMA from guest memory). The contract, per run:
-//!
-//! - **Reads** ([`Image::map_read`]): read `sectors` sectors at `offset` of the returned storage
-//!   while the [`ReadMapping`] is alive (it pins the space against reuse); `Zero` runs read as
-//!   zeros; `Engine` runs (compressed or streamed data) go through [`Disk::read`].
-//! - **Writes** ([`Image::map_write`]): write the data to the target while the [`WriteMapping`]
-//!   is alive, then call [`WriteMapping::complete`]; a `Unit` target is written whole, the
-//!   sectors outside the write taken from [`Image::read_below`] (`Fill::Below`) or zeros; an
-//!   `Engine` target goes through [`Disk::write`] (drop the mapping first). Dropping a mapping
-//!   without completing it abandons the reservation (the space stays unused).
-//! - **Durability**: completed writes are visible at once and durable after [`Disk::flush`],
-//!   which writes the metadata after flushing the data (see docs/ARCHITECTURE.md).
-//!
-//! A mapping borrows the image and holds a lock guard, so it stays on the thread that made it:
-//! an async embedder maps, does the I/O and completes inside one blocking task.
+//! Resolving guest ranges to host file ranges for embedders (the contract is in
+//! [`crate::mapping`]).
 
 use super::{Below, Image};
 use crate::disk::{Disk, SectorRange};
@@ -22,7 +8,7 @@ use crate::mapping::{Completion, Mapping, Pin, WriteTarget};
 use crate::storage::Storage;
 use std::sync::Arc;
 
-/// Where a run of guest sectors is stored, for reading (see the [module docs](self)).
+/// Where a run of guest sectors is stored, for reading (see [`crate::mapping`]).
 #[derive(Debug, Clone)]
 pub enum ReadSource {
     /// Stored uncompressed in a host file.
@@ -84,7 +70,7 @@ impl WriteMapping<'_> {
 
 impl Image {
     /// Where the run of guest sectors starting at `lba` (at most `count`) is stored, resolved
-    /// through the chain of parents. See the [module docs](self) for the contract.
+    /// through the chain of parents. See [`crate::mapping`] for the contract.
     pub fn map_read(&self, lba: u64, count: u64) -> Result<ReadMapping<'_>> {
         SectorRange::check(self, lba, count)?;
         if count == 0 {
@@ -135,7 +121,7 @@ impl Image {
     }
 
     /// Where a write of the guest sectors starting at `lba` (at most `count`) goes, allocating
-    /// where needed. See the [module docs](self) for the contract.
+    /// where needed. See [`crate::mapping`] for the contract.
     pub fn map_write(&self, lba: u64, count: u64) -> Result<WriteMapping<'_>> {
         SectorRange::check(self, lba, count)?;
         if self.is_read_only() {
