@@ -34,6 +34,7 @@
 
 mod convert;
 mod create;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod modify;
 mod registry;
