@@ -15,8 +15,9 @@ use disk_core::{Error, IoResultExt, Result};
 use std::sync::atomic::Ordering;
 use zerocopy::IntoBytes;
 
-/// Blocks reserved at once when the file grows (one footer write per chunk).
-const CHUNK_BLOCKS: u64 = 16;
+/// Blocks reserved at once when the file grows (one footer write per chunk; the reserved space
+/// is a hole until used, and a flush gives back what stayed unused).
+const CHUNK_BLOCKS: u64 = 64;
 
 impl VhdLayer {
     /// Where a write of up to `count` sectors from `lba` of a sparse disk goes: one block's
@@ -157,7 +158,8 @@ impl VhdLayer {
         let from = state.chunk_end;
         // Space inside the current file may hold stale bytes (an old footer, an allocation
         // that failed): clear it before any of it is handed out.
-        if from < file_len {
+        // Our own footer at `from` needs no clearing: the first new block's bitmap covers it.
+        if from.saturating_add(FOOTER_SIZE) < file_len {
             let stale_end = new_end.min(file_len);
             if stale_end > from {
                 self.storage

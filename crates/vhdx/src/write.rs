@@ -229,7 +229,7 @@ impl VhdxLayer {
         if *grown >= end {
             return Ok(());
         }
-        let chunk = (16 * self.geo.block_size).min(64 * MIB).max(self.geo.block_size);
+        let chunk = (64 * MIB).max(self.geo.block_size);
         let target = end.saturating_add(chunk).min(MAX_FILE_SIZE).max(end);
         // Growing ahead is an optimisation: where the storage refuses the larger size (a
         // quota, a size limit), grow exactly as far as needed.

@@ -589,8 +589,14 @@ impl SparseExtent {
         })
     }
 
-    /// Make new grains durable, then write their grain table entries (primary and redundant;
-    /// new tables are written, flushed and then linked into the directories).
+    /// Make new grains durable, then write their grain table entries, a table at a time:
+    /// tables that exist are rewritten whole (primary and redundant copy) with all their new
+    /// entries; missing tables are written complete, flushed, and only then linked into the
+    /// directories (spans of neighbouring directory entries in one write). A flush after many
+    /// scattered allocations thus costs two flushes and a few writes per table touched.
+    // Sector arithmetic on a validated layout: grains and tables are bounded (`check_layout`),
+    // grain indexes come from in-range LBAs and table offsets from the space map.
+    #[allow(clippy::arithmetic_side_effects)]
     pub fn flush_pending(&self) -> Result<()> {
         let mut alloc = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
         let entries: Vec<(u64, u64)> = self
@@ -604,12 +610,125 @@ impl SparseExtent {
             return Ok(());
         }
         self.storage.flush().io_context("flushing new grains", 0)?;
-        for &(g, value) in &entries {
-            self.set_entry(&mut alloc, g, value)?;
-            let mut pending = self.pending.write().unwrap_or_else(|e| e.into_inner());
+        let mut linked: Vec<(usize, u64, Option<u64>)> = Vec::new();
+        let mut i = 0;
+        while i < entries.len() {
+            let gd_index = entries[i].0 / self.gtes;
+            let mut j = i;
+            while j < entries.len() && entries[j].0 / self.gtes == gd_index {
+                j += 1;
+            }
+            let group = &entries[i..j];
+            i = j;
+            let idx = usize::try_from(gd_index).map_err(|_| Error::corrupt("grain index overflows"))?;
+            let gd_entry = self.gd.read().unwrap_or_else(|e| e.into_inner()).get(idx).copied();
+            let Some(gd_entry) = gd_entry else {
+                return Err(
+                    Error::corrupt(format!("grain {} has no grain directory entry", group[0].0))
+                        .in_structure("grain directory"),
+                );
+            };
+            let mut table: Vec<u64> = match self.table(gd_index)? {
+                Some(t) => t.to_vec(),
+                None => vec![0; self.gtes as usize],
+            };
+            for &(g, value) in group {
+                if let Some(slot) = table.get_mut((g % self.gtes) as usize) {
+                    *slot = value;
+                }
+            }
+            let mut bytes = Vec::with_capacity(table.len() * 4);
+            for &e in &table {
+                let e = u32::try_from(e)
+                    .map_err(|_| Error::unsupported("the extent is too large for 32-bit grain table entries"))?;
+                bytes.extend_from_slice(&e.to_le_bytes());
+            }
+            let rgd_entry = self
+                .rgd
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .and_then(|(r, _)| r.get(idx).copied());
+            let bad = self.bad_entries();
+            let redundant_sound = !bad.redundant_dir;
+            let redundant_table_sound = !bad.redundant_tables.contains(&gd_index);
+            drop(bad);
+            if gd_entry == 0 {
+                let primary = self.write_new_table(&mut alloc.space, &bytes)?;
+                let redundant = match rgd_entry {
+                    Some(_) if redundant_sound => Some(self.write_new_table(&mut alloc.space, &bytes)?),
+                    _ => None,
+                };
+                linked.push((idx, primary, redundant));
+            } else {
+                let mut offsets = vec![gd_entry * SECTOR];
+                if let Some(r) = rgd_entry.filter(|&r| r != 0 && redundant_sound && redundant_table_sound) {
+                    offsets.push(r * SECTOR);
+                }
+                for at in offsets {
+                    if let Err(e) = self.storage.write_at(&bytes, at) {
+                        // The table may hold some of the entries now: reads follow the file.
+                        self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(&gd_index);
+                        return Err(Error::io(e, "writing a grain table").at_offset(at));
+                    }
+                }
+                if let Some(t) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&gd_index) {
+                    *t = Arc::new(table);
+                }
+            }
+        }
+        if !linked.is_empty() {
+            // New tables are complete on disk before any directory points at them.
+            self.storage.flush().io_context("flushing grain tables", 0)?;
+            let mut gd = self.gd.write().unwrap_or_else(|e| e.into_inner());
+            for &(idx, primary, _) in &linked {
+                gd[idx] = primary / SECTOR;
+            }
+            let indexes: Vec<usize> = linked.iter().map(|&(idx, _, _)| idx).collect();
+            self.write_directory_spans(&gd, self.gd_offset, &indexes, "writing the grain directory")?;
+            drop(gd);
+            let mut rgd = self.rgd.write().unwrap_or_else(|e| e.into_inner());
+            if let Some((entries, rgd_off)) = rgd.as_mut() {
+                let mut indexes = Vec::new();
+                for &(idx, _, redundant) in &linked {
+                    if let Some(r) = redundant {
+                        entries[idx] = r / SECTOR;
+                        indexes.push(idx);
+                    }
+                }
+                let rgd_off = *rgd_off;
+                self.write_directory_spans(entries, rgd_off, &indexes, "writing the redundant grain directory")?;
+            }
+        }
+        let mut pending = self.pending.write().unwrap_or_else(|e| e.into_inner());
+        for (g, value) in entries {
             if pending.get(&g) == Some(&value) {
                 pending.remove(&g);
             }
+        }
+        Ok(())
+    }
+
+    /// Write the directory entries `indexes` (sorted) of `dir` (at byte `offset`) to the file,
+    /// entries less than 4 KiB apart in one write.
+    fn write_directory_spans(&self, dir: &[u64], offset: u64, indexes: &[usize], what: &str) -> Result<()> {
+        const GAP: usize = 1024;
+        let mut i = 0;
+        while i < indexes.len() {
+            let first = indexes[i];
+            let mut last = first;
+            i += 1;
+            while i < indexes.len() && indexes[i] - last <= GAP {
+                last = indexes[i];
+                i += 1;
+            }
+            let mut bytes = Vec::with_capacity((last - first + 1) * 4);
+            for &e in &dir[first..=last] {
+                let e = u32::try_from(e).map_err(|_| Error::unsupported("extent too large"))?;
+                bytes.extend_from_slice(&e.to_le_bytes());
+            }
+            let at = offset + first as u64 * 4;
+            self.storage.write_at(&bytes, at).io_context(what, at)?;
         }
         Ok(())
     }
