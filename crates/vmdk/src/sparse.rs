@@ -105,6 +105,9 @@ pub(crate) struct SparseExtent {
     alloc: Mutex<Alloc>,
     /// Grains being allocated: one writer per grain, the others wait for it.
     claims: Claims,
+    /// Odd while grain tables or directories are being changed in the file, bumped before and
+    /// after each change (with `alloc` held): readers cache a table only if it did not move.
+    table_writes: AtomicU64,
     /// Grain table entries of completed writes not yet in the file (grain -> sector): newer
     /// than the tables, so lookups look here first. Written at the next flush, after the data
     /// is durable.
@@ -147,6 +150,7 @@ impl SparseExtent {
             cache_max,
             last_grain: Mutex::new(None),
             claims: Claims::new(),
+            table_writes: AtomicU64::new(0),
             pending: RwLock::new(BTreeMap::new()),
             alloc: Mutex::new(Alloc {
                 space: SpaceMap::new(file_len),
@@ -229,11 +233,12 @@ impl SparseExtent {
         }
     }
 
-    /// Grain table `gd_index`, from the cache or the file. Misses are read with the cache locked,
-    /// so an entry updated by [`Self::set_entry`] can never be replaced by a stale copy.
+    /// Grain table `gd_index`, from the cache or the file. Misses are read without the cache
+    /// locked (readers never queue behind another's I/O); a copy read while a writer changed
+    /// tables ([`Self::table_writes`] moved or odd) is used but not cached, so the cache never
+    /// holds an entry older than the file.
     fn table(&self, gd_index: u64) -> Result<Option<Arc<Vec<u64>>>> {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = cache.get(&gd_index) {
+        if let Some(t) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&gd_index) {
             return Ok(Some(t.clone()));
         }
         let entry = {
@@ -255,11 +260,15 @@ impl SparseExtent {
         let Some(off) = self.gt_offset(entry)? else {
             return Ok(None);
         };
+        let seq = self.table_writes.load(Ordering::Acquire);
         let table = Arc::new(self.read_entries(off)?);
-        if cache.len() >= self.cache_max {
-            cache.clear();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if seq % 2 == 0 && self.table_writes.load(Ordering::Acquire) == seq {
+            if cache.len() >= self.cache_max {
+                cache.clear();
+            }
+            cache.insert(gd_index, table.clone());
         }
-        cache.insert(gd_index, table.clone());
         Ok(Some(table))
     }
 
@@ -610,6 +619,24 @@ impl SparseExtent {
             return Ok(());
         }
         self.storage.flush().io_context("flushing new grains", 0)?;
+        self.table_writes.fetch_add(1, Ordering::AcqRel);
+        let result = self.write_pending_tables(&mut alloc, &entries);
+        self.table_writes.fetch_add(1, Ordering::AcqRel);
+        result?;
+        let mut pending = self.pending.write().unwrap_or_else(|e| e.into_inner());
+        for (g, value) in entries {
+            if pending.get(&g) == Some(&value) {
+                pending.remove(&g);
+            }
+        }
+        Ok(())
+    }
+
+    /// The table and directory writes of [`Self::flush_pending`].
+    // Sector arithmetic on a validated layout: grains and tables are bounded (`check_layout`),
+    // grain indexes come from in-range LBAs and table offsets from the space map.
+    #[allow(clippy::arithmetic_side_effects)]
+    fn write_pending_tables(&self, alloc: &mut Alloc, entries: &[(u64, u64)]) -> Result<()> {
         let mut linked: Vec<(usize, u64, Option<u64>)> = Vec::new();
         let mut i = 0;
         while i < entries.len() {
@@ -700,12 +727,6 @@ impl SparseExtent {
                 self.write_directory_spans(entries, rgd_off, &indexes, "writing the redundant grain directory")?;
             }
         }
-        let mut pending = self.pending.write().unwrap_or_else(|e| e.into_inner());
-        for (g, value) in entries {
-            if pending.get(&g) == Some(&value) {
-                pending.remove(&g);
-            }
-        }
         Ok(())
     }
 
@@ -735,12 +756,20 @@ impl SparseExtent {
 
     /// Point grain `g`'s entry at `value` in the primary and redundant grain tables, allocating
     /// the tables if the directory has none for it.
+    fn set_entry(&self, alloc: &mut Alloc, g: u64, value: u64) -> Result<()> {
+        self.table_writes.fetch_add(1, Ordering::AcqRel);
+        let result = self.set_entry_unguarded(alloc, g, value);
+        self.table_writes.fetch_add(1, Ordering::AcqRel);
+        result
+    }
+
+    /// [`Self::set_entry`] without the table-write sequence bumps.
     // Sector arithmetic on a validated layout: `lba < capacity` (callers check ranges) and
     // `capacity * 512` fits in 64 bits, grains are at most 2^15 sectors and tables 2^16 entries
     // (`check_layout`), grain offsets come from `decode` (checked) and lie inside the file (space
     // map), and buffer offsets stay below the buffer's length.
     #[allow(clippy::arithmetic_side_effects)]
-    fn set_entry(&self, alloc: &mut Alloc, g: u64, value: u64) -> Result<()> {
+    fn set_entry_unguarded(&self, alloc: &mut Alloc, g: u64, value: u64) -> Result<()> {
         let gd_index = g / self.gtes;
         let idx = usize::try_from(gd_index).map_err(|_| Error::corrupt("grain index overflows"))?;
         let in_table = g % self.gtes;
