@@ -1,14 +1,13 @@
-//! Grow and shrink virtual disk images, move data along chains, and size arithmetic.
+//! Grow and shrink virtual disk images, and size arithmetic.
 //!
 //! - [`SizeChange`] parses the size argument of `vdisk resize` (`10G`, `+1G`, `-512M`) and applies
 //!   it to a current size with overflow and underflow checks.
-//! - [`resize`] / [`resize_storage`] / [`resize_layer`] change an image's virtual size through
-//!   its engine's [`Layer::resize`](disk_core::Layer::resize), after the checks every format
-//!   shares ([`plan`]): shrinking needs a flag and is refused when data lies past the new end
-//!   ([`smallest_safe_size`]) unless the caller accepts the loss; sizes past the format's maximum
-//!   are refused. Nothing is modified when a check fails.
-//! - [`commit_data`] and [`rebase_data`]: the data movement of `commit` (child into parent) and
-//!   of a safe `rebase` (what differs between old and new parent into the child).
+//! - [`resize_layer`] / [`resize_storage`] change an image's virtual size through its engine's
+//!   [`Layer::resize`](disk_core::Layer::resize), after the checks every format shares
+//!   ([`plan`], made on the same writable handle: it only reads): shrinking needs a flag and is
+//!   refused when data lies past the new end ([`smallest_safe_size`]) unless the caller accepts
+//!   the loss; sizes past the format's maximum are refused. Nothing is modified when a check
+//!   fails. `vdisk::resize` does it for a file: probe once, open once, resize.
 //! - [`measure`] says how many bytes a new image needs (`qemu-img measure`); [`fitting_size`]
 //!   the largest virtual size that fits a file size.
 //!
@@ -29,17 +28,13 @@
 
 #![forbid(unsafe_code)]
 
-mod chain;
 mod measure;
 mod resize;
 mod size;
 
-pub use chain::{Moved, commit_data, rebase_data};
 pub use disk_core::{MeasureSource, Measurement};
 pub use measure::{fitting_size, measure};
-pub use resize::{
-    ResizeOptions, Resized, SiblingFiles, plan, resize, resize_layer, resize_storage, smallest_safe_size,
-};
+pub use resize::{ResizeOptions, Resized, SiblingFiles, plan, resize_layer, resize_storage, smallest_safe_size};
 pub use size::SizeChange;
 
 #[cfg(test)]

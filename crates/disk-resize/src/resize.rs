@@ -2,9 +2,7 @@
 //! [`Layer::resize`].
 
 use crate::SizeChange;
-use disk_core::{
-    Allocation, Driver, Error, FileCreator, FileStorage, Format, Layer, OpenOptions, Result, ResultExt, Storage,
-};
+use disk_core::{Allocation, Driver, Error, FileCreator, FileStorage, Format, Layer, OpenOptions, Result, Storage};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,7 +15,8 @@ pub struct ResizeOptions {
     /// [`smallest_safe_size`]). Raw images have no allocation map: shrinking one always drops
     /// what lies past the new end, as `qemu-img resize --shrink` does.
     pub allow_data_loss: bool,
-    /// The image format; `None` probes it from the content.
+    /// The image format; `None` probes it from the content (`vdisk::resize`; the functions
+    /// here are given an engine).
     pub format: Option<Format>,
 }
 
@@ -100,8 +99,9 @@ pub fn plan(layer: &dyn Layer, has_parent: bool, change: SizeChange, options: &R
     })
 }
 
-/// Resize one opened, writable layer (its parents, if any, are not needed). New files a
-/// multi-file format needs (split VMDK extents) are made through `files`.
+/// Resize one opened, writable layer (its parents, if any, are not needed): [`plan`] on it, then
+/// its [`Layer::resize`], which consumes it. New files a multi-file format needs (split VMDK
+/// extents) are made through `files`. A refused request changes nothing.
 pub fn resize_layer(
     layer: Box<dyn Layer>,
     change: SizeChange,
@@ -118,8 +118,8 @@ pub fn resize_layer(
     Ok(planned)
 }
 
-/// Resize the image in `storage` with `driver`: checked through a read-only open first, then
-/// reopened writable. `open` supplies the resolver for extent files.
+/// Resize the image in `storage` with `driver`: opened writable once, checked on that handle
+/// ([`plan`] only reads), then resized. `open` supplies the resolver for extent files.
 pub fn resize_storage(
     storage: Arc<dyn Storage>,
     driver: &dyn Driver,
@@ -129,50 +129,8 @@ pub fn resize_storage(
     options: &ResizeOptions,
     files: &dyn FileCreator,
 ) -> Result<Resized> {
-    {
-        let layer = driver.open(storage.clone(), &open.context(path, false))?;
-        plan(&*layer, layer.parent().is_some(), change, options)?;
-    }
     let layer = driver.open(storage, &open.context(path, true))?;
     resize_layer(layer, change, options, files)
-}
-
-/// Change the virtual size of the image at `path`. `driver` gives the engine for a format.
-///
-/// The request is checked on a read-only handle before the file is opened for writing; a
-/// refused request (shrinking without [`ResizeOptions::shrink`], data past a smaller end, a zero
-/// size, a size past the format's maximum, an engine that cannot resize) leaves it untouched.
-pub fn resize(
-    path: impl AsRef<Path>,
-    change: SizeChange,
-    options: &ResizeOptions,
-    open: &OpenOptions,
-    driver: &dyn Fn(Format) -> Result<&'static dyn Driver>,
-) -> Result<Resized> {
-    let path = path.as_ref();
-    let open_file =
-        |writable| FileStorage::open(path, writable).map_err(|e| Error::io(e, "cannot open image").with_file(path));
-    let format = match options.format {
-        Some(f) => f,
-        None => {
-            let storage = open_file(false)?;
-            disk_core::probe(&storage, Some(path))
-                .map_err(|e| Error::io(e, "probing the image format"))
-                .with_file(path)?
-        }
-    };
-    let engine = driver(format).with_file(path)?;
-    let read_only = Arc::new(open_file(false)?);
-    {
-        let layer = engine
-            .open(read_only, &open.context(Some(path), false))
-            .with_file(path)?;
-        plan(&*layer, layer.parent().is_some(), change, options).with_file(path)?;
-    }
-    let storage = Arc::new(open_file(true)?);
-    let layer = engine.open(storage, &open.context(Some(path), true)).with_file(path)?;
-    let files = SiblingFiles::beside(path);
-    resize_layer(layer, change, options, &files).with_file(path)
 }
 
 /// Creates new files in the directory of an image (never replacing an existing file).

@@ -53,43 +53,6 @@ fn raw_grow_and_shrink() {
 }
 
 #[test]
-fn resize_a_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("d.img");
-    std::fs::write(&path, vec![1u8; 1000]).unwrap();
-    let drivers = |f: Format| -> disk_core::Result<&'static dyn disk_core::Driver> {
-        match f {
-            Format::Raw => Ok(&RawDriver),
-            other => Err(disk_core::Error::unsupported(format!("no {other} engine here"))),
-        }
-    };
-    let o = OpenOptions::new();
-    let r = resize(&path, SizeChange::Grow(24), &ResizeOptions::default(), &o, &drivers).unwrap();
-    assert_eq!((r.format, r.new_size), (Format::Raw, 1024));
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), 1024);
-    let e = resize(
-        dir.path().join("missing"),
-        SizeChange::Grow(1),
-        &ResizeOptions::default(),
-        &o,
-        &drivers,
-    )
-    .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::NotFound);
-    let forced = ResizeOptions {
-        format: Some(Format::Vhdx),
-        ..ResizeOptions::default()
-    };
-    assert_eq!(
-        resize(&path, SizeChange::Grow(1), &forced, &o, &drivers)
-            .unwrap_err()
-            .kind(),
-        ErrorKind::Unsupported
-    );
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), 1024);
-}
-
-#[test]
 fn raw_measure_and_fitting_size() {
     let o = Options::new();
     let m = measure(&RawDriver, &o, &MeasureSource::empty(1 << 30)).unwrap();

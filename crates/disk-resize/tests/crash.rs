@@ -271,7 +271,7 @@ fn commit_crash_everywhere(driver: &dyn Driver, options: &str) {
         resolver.insert("parent", Arc::new(parent.snapshot()));
         let chain = open_chain(driver, child.clone(), resolver, false)?;
         let target = open(driver, storage, true)?;
-        disk_resize::commit_data(&chain, &target, |_, _| {})?;
+        disk_core::ops::commit_data(&chain, &target, |_, _| {})?;
         Ok(())
     };
     let dry = for_each_crash(&parent, 3, run, |what, image| {

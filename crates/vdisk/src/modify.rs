@@ -3,18 +3,30 @@
 
 use crate::create::{parent_dir, temp_beside};
 use crate::{ConvertOptions, Disk, Format, Image, OpenOptions, convert, driver, open};
+use disk_core::ops::{Moved, commit_data, rebase_data};
 use disk_core::{Error, ErrorKind, FileStorage, NewParent, Options, Result, ResultExt, recorded_to_path};
-use disk_resize::{Moved, ResizeOptions, Resized, SizeChange};
+use disk_resize::{ResizeOptions, Resized, SiblingFiles, SizeChange};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Change the virtual size of the image at `path` (only it: parents are not opened). See
-/// [`disk_resize::resize`] for the checks made before anything is written.
+/// Change the virtual size of the image at `path` (only it: parents are not opened).
 ///
-/// Extent files a shrink leaves out of a multi-file image (split VMDK) are deleted afterwards
-/// (plain `*.vmdk` names in the image's directory only), and only once the resized image has
-/// been reopened and shown not to use them: a file it still names (under any spelling) is never
-/// deleted, and when it cannot be reopened nothing is deleted and the error is returned.
+/// The file is opened writable once and its format probed once (unless
+/// [`ResizeOptions::format`] names it); the engine opens it once, the request is checked on that
+/// handle ([`disk_resize::plan`]: it only reads) and the layer is resized
+/// ([`Layer::resize`](crate::Layer::resize), which consumes it). A refused request (shrinking
+/// without [`ResizeOptions::shrink`], data past a smaller end, a zero size, a size past the
+/// format's maximum, an engine that cannot resize) changes nothing. A VMDK whose descriptor is
+/// a file of its own is resized through a copy of the descriptor, flushed and renamed over it,
+/// so the switch is atomic however long the descriptor is (extents change in place, invisibly
+/// to the old descriptor when growing).
+///
+/// After a shrink the image is reopened once: the space the dropped data left unused at the
+/// end of the file is cut (what `check -r leaks` does), and extent files the shrink left out of
+/// a multi-file image (split VMDK) are deleted (plain `*.vmdk` names in the image's directory
+/// only), and only once the reopened image has shown not to use them: a file it still names
+/// (under any spelling) is never deleted, and when it cannot be reopened nothing is deleted and
+/// the error is returned.
 pub fn resize(
     path: impl AsRef<Path>,
     change: SizeChange,
@@ -22,49 +34,105 @@ pub fn resize(
     open: &OpenOptions,
 ) -> Result<Resized> {
     let path = path.as_ref();
-    let before = extent_files(path, options.format, open).unwrap_or_default();
-    let resized = if is_descriptor_file(path, options.format) {
-        resize_through_copy(path, change, options, open)?
+    let storage = FileStorage::open(path, true).map_err(|e| Error::io(e, "cannot open image").with_file(path))?;
+    let format = match options.format {
+        Some(f) => f,
+        None => crate::probe(&storage, Some(path))
+            .map_err(|e| Error::io(e, "probing the image format"))
+            .with_file(path)?,
+    };
+    let options = ResizeOptions {
+        format: Some(format),
+        ..*options
+    };
+    let engine = driver(format).with_file(path)?;
+    let (resized, before) = if format == Format::Vmdk && own_descriptor(&storage) {
+        drop(storage);
+        through_copy(path, |temp| {
+            let storage =
+                FileStorage::open(temp, true).map_err(|e| Error::io(e, "cannot open image").with_file(temp))?;
+            resize_opened(Arc::new(storage), temp, engine, change, &options, open)
+        })?
     } else {
-        disk_resize::resize(path, change, options, open, &|f| driver(f))?
+        resize_opened(Arc::new(storage), path, engine, change, &options, open)?
     };
     if resized.new_size < resized.old_size {
-        give_back_space(path, resized.format, open)?;
-    }
-    if resized.new_size < resized.old_size && !before.is_empty() {
-        let after = extent_files(path, Some(resized.format), open).map_err(|e| {
-            Error::new(
-                e.kind(),
-                format!(
-                    "the image was resized but cannot be reopened, so no extent file was deleted: {}",
-                    e.message()
-                ),
-            )
-            .with_file(path)
-        })?;
-        let canonical = |f: &str| recorded_to_path(f, Some(path)).and_then(|p| p.canonicalize().ok());
-        let mut kept: Vec<_> = after.iter().filter_map(|f| canonical(f)).collect();
-        kept.extend(path.canonicalize().ok());
-        // Only plain `*.vmdk` names beside the image: a descriptor naming other host files
-        // never gets them deleted.
-        let plain = |f: &&String| !f.contains(['/', '\\', ':']) && f.ends_with(".vmdk") && !f.starts_with('.');
-        for dropped in before.iter().filter(|f| !after.contains(f)).filter(plain) {
-            if let Some(p) = canonical(dropped)
-                && !kept.contains(&p)
-            {
-                let _ = std::fs::remove_file(p);
-            }
-        }
+        after_shrink(path, resized.format, &before, open)?;
     }
     Ok(resized)
 }
 
-/// After a shrink, cut the space the dropped data left unused at the end of the file (what
-/// `check -r leaks` does), so that shrinking gives the space back.
-fn give_back_space(path: &Path, format: Format, open: &OpenOptions) -> Result<()> {
-    let image = open_single(path, Some(format), true, open)?;
+/// Open the image in `storage` (the file at `at`) writable with `engine`, check the request on
+/// that handle and resize it (the layer is consumed). Also returns, for a shrink, the extent
+/// files it named before.
+fn resize_opened(
+    storage: Arc<FileStorage>,
+    at: &Path,
+    engine: &dyn crate::disk_core::Driver,
+    change: SizeChange,
+    options: &ResizeOptions,
+    open: &OpenOptions,
+) -> Result<(Resized, Vec<String>)> {
+    let layer = engine.open(storage, &open.context(Some(at), true)).with_file(at)?;
+    let planned = disk_resize::plan(&*layer, layer.parent().is_some(), change, options).with_file(at)?;
+    let before = if planned.new_size < planned.old_size {
+        extent_names(&layer.info())
+    } else {
+        Vec::new()
+    };
+    if planned.new_size != planned.old_size {
+        layer
+            .resize(planned.new_size, &SiblingFiles::beside(at))
+            .with_file(at)?;
+    }
+    Ok((planned, before))
+}
+
+/// After a shrink: reopen the image once, cut the space the dropped data left unused at the end
+/// of the file (so that shrinking gives the space back), then delete the extent files of
+/// `before` it no longer names.
+fn after_shrink(path: &Path, format: Format, before: &[String], open: &OpenOptions) -> Result<()> {
+    let image = open_single(path, Some(format), true, open).map_err(|e| {
+        if before.is_empty() {
+            return e;
+        }
+        Error::new(
+            e.kind(),
+            format!(
+                "the image was resized but cannot be reopened, so no extent file was deleted: {}",
+                e.message()
+            ),
+        )
+        .with_file(path)
+    })?;
     image.top().check(crate::Repair::Leaks).with_file(path)?;
-    image.top().flush().with_file(path)
+    image.top().flush().with_file(path)?;
+    if before.is_empty() {
+        return Ok(());
+    }
+    let after = extent_names(&image.info());
+    drop(image);
+    let canonical = |f: &str| recorded_to_path(f, Some(path)).and_then(|p| p.canonicalize().ok());
+    let mut kept: Vec<_> = after.iter().filter_map(|f| canonical(f)).collect();
+    kept.extend(path.canonicalize().ok());
+    // Only plain `*.vmdk` names beside the image: a descriptor naming other host files never
+    // gets them deleted.
+    let plain = |f: &&String| !f.contains(['/', '\\', ':']) && f.ends_with(".vmdk") && !f.starts_with('.');
+    for dropped in before.iter().filter(|f| !after.contains(f)).filter(plain) {
+        if let Some(p) = canonical(dropped)
+            && !kept.contains(&p)
+        {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    Ok(())
+}
+
+/// Whether the file in `storage` is a VMDK text descriptor (its extents are other files), not a
+/// sparse extent with its descriptor inside; the format is known to be VMDK.
+fn own_descriptor(storage: &FileStorage) -> bool {
+    let mut magic = [0u8; 4];
+    disk_core::Storage::read_at(storage, &mut magic, 0).is_ok() && &magic != b"KDMV" && &magic != b"COWD"
 }
 
 /// Whether `path` is a VMDK text descriptor (its extents are other files).
@@ -75,30 +143,8 @@ fn is_descriptor_file(path: &Path, format: Option<Format>) -> bool {
     let Ok(storage) = FileStorage::open(path, false) else {
         return false;
     };
-    let mut magic = [0u8; 4];
-    if disk_core::Storage::read_at(&storage, &mut magic, 0).is_err() {
-        return false;
-    }
     let probed = format.map_or_else(|| crate::probe(&storage, Some(path)).ok(), Some);
-    probed == Some(Format::Vmdk) && &magic != b"KDMV" && &magic != b"COWD"
-}
-
-/// Resize a VMDK whose descriptor is a file of its own: extents change in place (invisibly to
-/// the old descriptor when growing), the new descriptor is written to a copy, flushed and
-/// renamed over the old one, so the switch is atomic however long the descriptor is.
-fn resize_through_copy(
-    path: &Path,
-    change: SizeChange,
-    options: &ResizeOptions,
-    open: &OpenOptions,
-) -> Result<Resized> {
-    let options = ResizeOptions {
-        format: Some(Format::Vmdk),
-        ..*options
-    };
-    through_copy(path, |temp| {
-        disk_resize::resize(temp, change, &options, open, &|f| driver(f))
-    })
+    probed == Some(Format::Vmdk) && own_descriptor(&storage)
 }
 
 /// Run `change` on a copy of the file at `path` beside it, then flush the copy and rename it
@@ -142,12 +188,10 @@ fn strip_temp(e: Error, path: &Path) -> Error {
     Error::new(e.kind(), text).with_file(path)
 }
 
-/// The extent file names an image's `info` lists (none for single-file formats), or why the
-/// image cannot be opened.
-fn extent_files(path: &Path, format: Option<Format>, options: &OpenOptions) -> Result<Vec<String>> {
-    let image = open_single(path, format, false, options)?;
+/// The extent file names in an image's `info` (none for single-file formats).
+fn extent_names(info: &crate::LayerInfo) -> Vec<String> {
     let mut out = Vec::new();
-    for (key, value) in image.info().specific {
+    for (key, value) in &info.specific {
         if key != "extents" {
             continue;
         }
@@ -156,14 +200,14 @@ fn extent_files(path: &Path, format: Option<Format>, options: &OpenOptions) -> R
                 if let crate::InfoValue::Map(fields) = item {
                     for (k, v) in fields {
                         if let (true, crate::InfoValue::Str(name)) = (k == "filename", v) {
-                            out.push(name);
+                            out.push(name.clone());
                         }
                     }
                 }
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// Open only the image at `path` (no parents), writable or not.
@@ -331,7 +375,7 @@ fn commit_data_into_parent(path: &Path, options: &OpenOptions) -> Result<Moved> 
             .with_file(path));
         }
         let parent = crate::open_storage(opened.storage, Some(&opened.path), &parent_opts).with_file(&parent_path)?;
-        disk_resize::commit_data(&child, &parent, |_, _| {}).with_file(&parent_path)?
+        commit_data(&child, &parent, |_, _| {}).with_file(&parent_path)?
     };
     // The child still reads the same; refresh its record of the parent where that changed.
     let child = open_single(path, options.format, false, options)?;
@@ -405,8 +449,7 @@ pub fn rebase(
             return Ok(moved);
         }
         let child = open(path, &with_format(options, Some(format), true))?;
-        moved = disk_resize::rebase_data(&child, new_parent.as_ref().map(|(_, _, i)| i as &dyn Disk), |_, _| {})
-            .with_file(path)?;
+        moved = rebase_data(&child, new_parent.as_ref().map(|(_, _, i)| i as &dyn Disk), |_, _| {}).with_file(path)?;
     }
     let record = new_parent.as_ref().map(|(recorded, absolute, image)| NewParent {
         recorded,

@@ -172,3 +172,63 @@ fn shrink_refuses_a_descriptor_it_cannot_rewrite_and_keeps_every_extent() {
     assert_eq!(after, before);
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
 }
+
+/// Counts the files an image asks its resolver for (extents), passing each on to `FsResolver`.
+#[derive(Debug)]
+struct Counting(FsResolver, std::sync::atomic::AtomicUsize);
+
+impl vdisk::Resolver for Counting {
+    fn open(&self, request: &vdisk::disk_core::FileRequest<'_>) -> vdisk::Result<vdisk::disk_core::Opened> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.open(request)
+    }
+}
+
+#[test]
+fn resize_opens_the_image_once() {
+    use vdisk::disk_resize::{ResizeOptions, SizeChange};
+    let dir = tempfile::tempdir().unwrap();
+    // A raw file: probed, grown; a missing file and a forced wrong format change nothing.
+    let raw = dir.path().join("d.img");
+    std::fs::write(&raw, vec![1u8; 1000]).unwrap();
+    let o = OpenOptions::new();
+    let r = vdisk::resize(&raw, SizeChange::Grow(24), &ResizeOptions::default(), &o).unwrap();
+    assert_eq!((r.format, r.old_size, r.new_size), (Format::Raw, 1000, 1024));
+    assert_eq!(std::fs::metadata(&raw).unwrap().len(), 1024);
+    let missing = dir.path().join("missing");
+    let e = vdisk::resize(&missing, SizeChange::Grow(1), &ResizeOptions::default(), &o).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(!missing.exists());
+    let forced = ResizeOptions {
+        format: Some(Format::Vhdx),
+        ..ResizeOptions::default()
+    };
+    vdisk::resize(&raw, SizeChange::Grow(1), &forced, &o).unwrap_err();
+    assert_eq!(std::fs::read(&raw).unwrap(), [vec![1u8; 1000], vec![0; 24]].concat());
+
+    // A split VMDK (descriptor file and 2 GiB extents): growing it opens each extent once, and
+    // a shrink reopens the image once afterwards (to cut its tail and find dropped extents).
+    let split = dir.path().join("s.vmdk");
+    let mut c = CreateOptions::new(Format::Vmdk, 3 << 30);
+    c.options = vdisk::Options::parse("subformat=twoGbMaxExtentSparse").unwrap();
+    vdisk::create(&split, &c).unwrap();
+    let counting = std::sync::Arc::new(Counting(FsResolver::new(FsPolicy::SameDirectory), Default::default()));
+    let o = OpenOptions::new().resolver(counting.clone());
+    let opened = || counting.1.swap(0, std::sync::atomic::Ordering::Relaxed);
+    let r = vdisk::resize(&split, SizeChange::To(4 << 30), &ResizeOptions::default(), &o).unwrap();
+    assert_eq!((r.format, r.new_size), (Format::Vmdk, 4 << 30));
+    assert_eq!(opened(), 2, "two extents, each opened once");
+    let shrink = ResizeOptions {
+        shrink: true,
+        ..ResizeOptions::default()
+    };
+    vdisk::resize(&split, SizeChange::To(1 << 30), &shrink, &o).unwrap();
+    assert_eq!(
+        opened(),
+        2 + 1,
+        "two extents to shrink, then the one left when reopened"
+    );
+    assert!(!dir.path().join("s-s002.vmdk").exists());
+    let image = vdisk::open(&split, &o).unwrap();
+    assert_eq!(image.virtual_size(), 1 << 30);
+}

@@ -1,10 +1,13 @@
 //! Moving data between a child and its parents: `commit` and the safe mode of `rebase`.
 //!
 //! Both are generic over the formats: they ask the child's top layer which sectors it holds
-//! ([`Layer::block_status`](disk_core::Layer::block_status)) and move guest data through
-//! [`Disk`] reads and writes.
+//! ([`Layer::block_status`](crate::Layer::block_status)) and move guest data through [`Disk`]
+//! reads and writes. Opening the files, growing a parent and recording the new parent are the
+//! caller's part (`vdisk::commit`, `vdisk::rebase`).
 
-use disk_core::{Allocation, Disk, Error, Image, Result};
+use crate::disk::{Allocation, Disk};
+use crate::error::{Error, Result};
+use crate::image::Image;
 
 /// Most bytes moved per read or write.
 const CHUNK: u64 = 1 << 20;

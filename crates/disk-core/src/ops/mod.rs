@@ -1,9 +1,12 @@
-//! Operations generic over any [`Disk`]: copy, compare, allocation map.
+//! Operations generic over any [`Disk`]: copy, compare, allocation map, and the data movement of
+//! chain operations (commit a child into its parent, safe rebase).
 
+mod chain;
 mod compare;
 mod copy;
 mod map;
 
+pub use chain::{Moved, commit_data, rebase_data};
 pub use compare::{Comparison, compare};
 pub use copy::{CopyOptions, CopyStats, copy};
 pub use map::{MapEntry, map, map_each};
