@@ -7,6 +7,7 @@ use crate::options::Options;
 use crate::probe::Format;
 use crate::resolve::{FileKind, FileRequest, Opened, Resolver};
 use crate::storage::Storage;
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -89,6 +90,16 @@ pub type LayerOpener<'a> = dyn Fn(Format, Arc<dyn Storage>, &OpenContext<'_>) ->
 pub trait Driver: Send + Sync {
     /// The format it handles.
     fn format(&self) -> Format;
+
+    /// Whether `storage` holds an image of this format, from its content: the format's magic and
+    /// the checks it needs to tell itself apart (see [`probe_with`](crate::probe_with), which
+    /// asks the drivers in a fixed order, so a driver may assume the formats asked before it
+    /// said no). `name`, the file's path when known, may only break ties. Cheap: a few reads
+    /// at fixed offsets, nothing sized by the content. The default says no.
+    fn probe(&self, storage: &dyn Storage, name: Option<&Path>) -> io::Result<bool> {
+        let _ = (storage, name);
+        Ok(false)
+    }
 
     /// Open one image (one layer; the chain above it is assembled by [`Image::open_chain`]).
     fn open(&self, storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Result<Box<dyn Layer>>;

@@ -1,7 +1,7 @@
 //! Shared foundations of the vdisk workspace: the [`Storage`] and [`Disk`] traits, the [`Layer`]
 //! trait format engines implement, chains of images ([`Image`]), the one [`Error`] type, format
-//! probing, CHS geometry, GUID helpers, the raw format, and operations generic over any disk
-//! (copy, compare, map).
+//! probing (asking each format's [`Driver`]), CHS geometry, GUID helpers, the raw format, and
+//! operations generic over any disk (copy, compare, map; commit and rebase data movement).
 //!
 //! ```
 //! use disk_core::{Disk, Image, MemStorage, RawLayer, bytes};
@@ -49,7 +49,7 @@ pub use error::{DeviceStatus, Error, ErrorContext, ErrorKind, IoResultExt, Resul
 pub use image::{Image, MissingParent, OpenOptions, ReadMapping, ReadSource, WriteMapping};
 pub use layer::{CheckReport, Findings, InfoValue, Layer, LayerInfo, MAX_CHECK_DETAILS, NewParent, ParentRef, Repair};
 pub use options::{Options, parse_size};
-pub use probe::{Format, probe, vhd_footer_checksum_ok};
+pub use probe::{Format, extension_is, probe_head, probe_with};
 pub use raw::{RawDriver, RawLayer};
 pub use resolve::{
     DenyExternal, FileKind, FileRequest, FsPolicy, FsResolver, MemResolver, Opened, Resolver, recorded_to_path,

@@ -1,5 +1,6 @@
-//! Image formats and recognising them from content.
+//! Image formats, and recognising them from content by asking each format's driver.
 
+use crate::driver::Driver;
 use crate::error::{Error, ErrorKind, Result};
 use crate::storage::Storage;
 use std::fmt;
@@ -60,160 +61,91 @@ impl FromStr for Format {
     }
 }
 
-/// VHDX file type identifier signature ("vhdxfile") at offset 0.
-pub const VHDX_SIGNATURE: &[u8; 8] = b"vhdxfile";
-/// VHD footer cookie ("conectix"), at the end of every VHD and at offset 0 of dynamic ones.
-pub const VHD_COOKIE: &[u8; 8] = b"conectix";
-/// VMDK hosted sparse extent magic ("KDMV" as stored).
-pub const VMDK_SPARSE_MAGIC: &[u8; 4] = b"KDMV";
-/// VMDK COWD (ESX vmfsSparse / VMDK3) magic.
-pub const VMDK_COWD_MAGIC: &[u8; 4] = b"COWD";
-/// VMDK seSparse magic: little-endian `0x00000000cafebabe`.
-pub const VMDK_SESPARSE_MAGIC: &[u8; 8] = &[0xbe, 0xba, 0xfe, 0xca, 0, 0, 0, 0];
-
-/// How many leading bytes probing looks at.
-const HEAD: usize = 4096;
-
-/// Recognise an image's format from its content.
+/// Recognise an image's format from its content by asking the format drivers.
 ///
-/// VHDX signature at 0; VMDK sparse/COWD/seSparse magic or text descriptor at 0; VHD cookie at 0
-/// (dynamic) or a VHD footer at the end (fixed VHDs have no header); otherwise raw. The file
-/// name's extension is only a tie-breaker: a VHD footer whose checksum is wrong counts as VHD only
-/// when the extension says VHD.
-pub fn probe(storage: &dyn Storage, name: Option<&Path>) -> io::Result<Format> {
-    let len = storage.len()?;
-    let mut head = vec![0u8; HEAD.min(usize::try_from(len).unwrap_or(HEAD))];
-    storage.read_at(&mut head, 0)?;
-    if head.starts_with(VHDX_SIGNATURE) {
-        return Ok(Format::Vhdx);
-    }
-    if head.starts_with(VMDK_SPARSE_MAGIC)
-        || head.starts_with(VMDK_COWD_MAGIC)
-        || head.starts_with(VMDK_SESPARSE_MAGIC)
-        || is_vmdk_descriptor(&head)
-    {
-        return Ok(Format::Vmdk);
-    }
-    if head.starts_with(VHD_COOKIE) {
-        return Ok(Format::Vhd);
-    }
-    // Fixed VHD: 512-byte footer at the end (511 bytes in images from Virtual PC before 2004).
-    for footer_len in [512u64, 511] {
-        if len < footer_len {
-            continue;
-        }
-        let mut footer = [0u8; 512];
-        let footer = &mut footer[..footer_len as usize];
-        storage.read_at(footer, len - footer_len)?;
-        if footer.starts_with(VHD_COOKIE)
-            && (vhd_footer_checksum_ok(footer) || extension_is(name, &["vhd", "vpc", "vhdf", "avhd"]))
-        {
-            return Ok(Format::Vhd);
+/// Each driver's [`Driver::probe`] looks for its own magic and makes its own checks; they are
+/// asked in the fixed order of [`Format::ALL`] (VHDX, VMDK, VHD), whatever the order of
+/// `drivers`, and the first that recognises the content wins. Raw is asked last and takes
+/// anything; content no driver claims is raw too. `name` (the file's path, when known) is only
+/// a tie-breaker some drivers use (a VHD footer with a wrong checksum counts as VHD only when the
+/// extension says VHD).
+pub fn probe_with(drivers: &[&dyn Driver], storage: &dyn Storage, name: Option<&Path>) -> io::Result<Format> {
+    for format in Format::ALL {
+        for driver in drivers.iter().filter(|d| d.format() == format) {
+            if driver.probe(storage, name)? {
+                return Ok(format);
+            }
         }
     }
     Ok(Format::Raw)
 }
 
-/// The VHD footer checksum: ones' complement of the byte sum, with the checksum field (bytes
-/// 64..68, big-endian) counted as zero.
-pub fn vhd_footer_checksum_ok(footer: &[u8]) -> bool {
-    if footer.len() < 68 {
-        return false;
-    }
-    let stored = u32::from_be_bytes([footer[64], footer[65], footer[66], footer[67]]);
-    let sum = footer
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !(64..68).contains(i))
-        .fold(0u32, |acc, (_, &b)| acc.wrapping_add(u32::from(b)));
-    !sum == stored
+/// The first `max` bytes of `storage` (fewer when it is shorter): what probing looks at.
+pub fn probe_head(storage: &dyn Storage, max: usize) -> io::Result<Vec<u8>> {
+    let len = storage.len()?;
+    let mut head = vec![0u8; max.min(usize::try_from(len).unwrap_or(max))];
+    storage.read_at(&mut head, 0)?;
+    Ok(head)
 }
 
-fn extension_is(name: Option<&Path>, exts: &[&str]) -> bool {
+/// Whether `name` has one of the extensions `exts` (compared without case).
+pub fn extension_is(name: Option<&Path>, exts: &[&str]) -> bool {
     name.and_then(|n| n.extension())
         .and_then(|e| e.to_str())
         .is_some_and(|e| exts.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
-/// A standalone VMDK descriptor: text (no NUL bytes before its end) with a `createType` line or
-/// the `# Disk DescriptorFile` banner.
-fn is_vmdk_descriptor(head: &[u8]) -> bool {
-    let text_end = head.iter().position(|&b| b == 0).unwrap_or(head.len());
-    let text = &head[..text_end];
-    if text.is_empty() || text.iter().any(|&b| b < 0x09 || (b > 0x0d && b < 0x20 && b != 0x1b)) {
-        return false;
-    }
-    let Ok(text) = std::str::from_utf8(text) else {
-        return false;
-    };
-    let mut saw_version = false;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.eq_ignore_ascii_case("# disk descriptorfile") {
-            return true;
-        }
-        let key = line.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
-        if key == "version" {
-            saw_version = true;
-        }
-        if key == "createtype" && saw_version {
-            return true;
-        }
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::{CreateSpec, OpenContext};
+    use crate::layer::Layer;
+    use crate::raw::RawDriver;
     use crate::storage::MemStorage;
+    use std::sync::Arc;
 
-    fn probe_bytes(bytes: &[u8], name: Option<&str>) -> Format {
-        probe(&MemStorage::from_bytes(bytes), name.map(Path::new)).unwrap()
-    }
+    /// Claims content that starts with its tag.
+    struct Tagged(Format, &'static [u8]);
 
-    fn footer(valid: bool) -> Vec<u8> {
-        let mut f = vec![0u8; 512];
-        f[..8].copy_from_slice(VHD_COOKIE);
-        f[20] = 7;
-        let sum = f.iter().fold(0u32, |a, &b| a.wrapping_add(u32::from(b)));
-        let ck = if valid { !sum } else { 1 };
-        f[64..68].copy_from_slice(&ck.to_be_bytes());
-        f
+    impl Driver for Tagged {
+        fn format(&self) -> Format {
+            self.0
+        }
+        fn probe(&self, storage: &dyn Storage, _name: Option<&Path>) -> io::Result<bool> {
+            Ok(probe_head(storage, 16)?.starts_with(self.1))
+        }
+        fn open(&self, _: Arc<dyn Storage>, _: &OpenContext<'_>) -> Result<Box<dyn Layer>> {
+            Err(Error::unsupported("test driver"))
+        }
+        fn create(&self, _: &dyn Storage, _: CreateSpec<'_>) -> Result<()> {
+            Err(Error::unsupported("test driver"))
+        }
     }
 
     #[test]
-    fn recognises_each_signature() {
-        assert_eq!(probe_bytes(b"", None), Format::Raw);
-        assert_eq!(probe_bytes(b"vhdxfile\0\0", None), Format::Vhdx);
-        assert_eq!(probe_bytes(b"KDMV\x01\0\0\0", None), Format::Vmdk);
-        assert_eq!(probe_bytes(b"COWD\x01\0\0\0", None), Format::Vmdk);
+    fn drivers_are_asked_in_the_fixed_order_raw_last() {
+        let vhd = Tagged(Format::Vhd, b"ab");
+        let vhdx = Tagged(Format::Vhdx, b"a");
+        let drivers: [&dyn Driver; 3] = [&RawDriver, &vhd, &vhdx];
+        let probe = |bytes: &[u8]| probe_with(&drivers, &MemStorage::from_bytes(bytes), None).unwrap();
+        // VHDX is asked before VHD, and raw last, whatever the registration order.
+        assert_eq!(probe(b"abc"), Format::Vhdx);
+        assert_eq!(probe(b"xyz"), Format::Raw);
+        assert_eq!(probe(b""), Format::Raw);
+        // Unclaimed content is raw even without a raw driver.
         assert_eq!(
-            probe_bytes(&[0xbe, 0xba, 0xfe, 0xca, 0, 0, 0, 0, 1], None),
-            Format::Vmdk
+            probe_with(&[&vhd], &MemStorage::from_bytes(b"x"), None).unwrap(),
+            Format::Raw
         );
-        assert_eq!(probe_bytes(b"conectix", None), Format::Vhd);
-        let desc = b"# Disk DescriptorFile\nversion=1\nCID=fffffffe\ncreateType=\"monolithicFlat\"\n";
-        assert_eq!(probe_bytes(desc, None), Format::Vmdk);
-        assert_eq!(probe_bytes(b"version=1\r\ncreateType=\"vmfs\"\r\n", None), Format::Vmdk);
-        assert_eq!(probe_bytes(b"createType is just text\n", None), Format::Raw);
-        assert_eq!(probe_bytes(&[0u8; 4096], None), Format::Raw);
     }
 
     #[test]
-    fn fixed_vhd_footer_at_end() {
-        let mut img = vec![0u8; 4096];
-        img.extend(footer(true));
-        assert_eq!(probe_bytes(&img, None), Format::Vhd);
-        let mut img = vec![0u8; 4096];
-        img.extend(footer(false));
-        assert_eq!(probe_bytes(&img, Some("disk.img")), Format::Raw);
-        assert_eq!(probe_bytes(&img, Some("disk.VHD")), Format::Vhd);
-        // A footer alone (empty fixed disk) and the old 511-byte footer.
-        assert_eq!(probe_bytes(&footer(true), None), Format::Vhd);
-        let mut img = vec![0u8; 1024];
-        img.extend(&footer(true)[..511]);
-        assert_eq!(probe_bytes(&img, Some("old.vhd")), Format::Vhd);
+    fn head_and_extension() {
+        assert_eq!(probe_head(&MemStorage::from_bytes(b"abc"), 2).unwrap(), b"ab");
+        assert_eq!(probe_head(&MemStorage::from_bytes(b"abc"), 8).unwrap(), b"abc");
+        assert!(extension_is(Some(Path::new("d.VHD")), &["vhd"]));
+        assert!(!extension_is(Some(Path::new("d.img")), &["vhd"]));
+        assert!(!extension_is(None, &["vhd"]));
     }
 
     #[test]

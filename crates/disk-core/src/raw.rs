@@ -158,6 +158,10 @@ impl Driver for RawDriver {
     fn format(&self) -> Format {
         Format::Raw
     }
+    /// Any content is a raw image: probing asks raw last.
+    fn probe(&self, _storage: &dyn Storage, _name: Option<&std::path::Path>) -> std::io::Result<bool> {
+        Ok(true)
+    }
     fn open(&self, storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Result<Box<dyn Layer>> {
         Ok(Box::new(RawLayer::open(storage, ctx.writable)?))
     }

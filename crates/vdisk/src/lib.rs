@@ -42,12 +42,12 @@ mod registry;
 pub use convert::{ConvertOptions, convert};
 pub use create::{CreateOptions, create};
 pub use modify::{AfterCommit, commit, commit_then, flatten, rebase, resize};
-pub use registry::{driver, drivers};
+pub use registry::{driver, drivers, probe};
 
 pub use disk_core::{
     self, Allocation, BlockStatus, CheckReport, DenyExternal, DeviceStatus, DiscardBehavior, Disk, Error, ErrorKind,
     Findings, Format, FsPolicy, FsResolver, Image, InfoValue, Layer, LayerInfo, MemResolver, MemStorage, MissingParent,
-    OpenOptions, Options, Repair, Resolver, Result, Storage, bytes, ops, parse_size, probe,
+    OpenOptions, Options, Repair, Resolver, Result, Storage, bytes, ops, parse_size,
 };
 pub use disk_resize;
 pub use vhd1;

@@ -49,6 +49,7 @@ pub mod header;
 mod info;
 mod layer;
 pub mod parent;
+mod probe;
 mod resize;
 mod space;
 mod write;
@@ -67,6 +68,10 @@ pub struct VhdDriver;
 impl Driver for VhdDriver {
     fn format(&self) -> Format {
         Format::Vhd
+    }
+
+    fn probe(&self, storage: &dyn Storage, name: Option<&std::path::Path>) -> std::io::Result<bool> {
+        probe::probe(storage, name)
     }
 
     fn open(&self, storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Result<Box<dyn Layer>> {

@@ -86,6 +86,7 @@ mod geometry;
 mod layer;
 mod log;
 mod parse;
+mod probe;
 mod rebase;
 mod report;
 mod resize;
@@ -107,6 +108,10 @@ pub struct VhdxDriver;
 impl Driver for VhdxDriver {
     fn format(&self) -> Format {
         Format::Vhdx
+    }
+
+    fn probe(&self, storage: &dyn Storage, _name: Option<&std::path::Path>) -> std::io::Result<bool> {
+        probe::probe(storage)
     }
 
     fn open(&self, storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Result<Box<dyn Layer>> {

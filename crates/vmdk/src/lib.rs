@@ -55,6 +55,7 @@ mod layer;
 mod measure;
 mod open;
 mod parallel;
+mod probe;
 mod sparse;
 mod stream;
 
@@ -71,6 +72,10 @@ pub struct VmdkDriver;
 impl Driver for VmdkDriver {
     fn format(&self) -> Format {
         Format::Vmdk
+    }
+
+    fn probe(&self, storage: &dyn Storage, _name: Option<&std::path::Path>) -> std::io::Result<bool> {
+        probe::probe(storage)
     }
 
     fn open(&self, storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Result<Box<dyn Layer>> {
