@@ -6,10 +6,10 @@
 //! contract checks below) are bugs.
 
 use crate::{
-    Allocation, Disk, Error, ErrorKind, Format, Image, MemResolver, MemStorage, OpenOptions, Repair, Resolver, Storage,
+    Allocation, Disk, Error, ErrorKind, Format, Image, MemStorage, OpenOptions, Repair, Resolver, Storage,
     open_storage, probe,
 };
-use disk_core::{CreateSpec, FileRequest, Opened, Options};
+use disk_core::{CreateSpec, FileRequest, MemResolver, Opened, Options};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

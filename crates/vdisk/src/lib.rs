@@ -29,6 +29,26 @@
 //! write arbitrary host files. [`FsResolver`] with [`FsPolicy::SameDirectory`] allows plain
 //! files in the image's own directory (the `vdisk` tool's default); [`FsPolicy::Any`] follows
 //! any path, as `qemu-img` does, and is only for a person's own images.
+//!
+//! # What is exported
+//! - At the top level: the operations above, [`probe`] and the engines ([`driver`],
+//!   [`drivers`]), and the core types an embedder handles: [`Disk`], [`Image`], [`Layer`],
+//!   [`Storage`], [`OpenOptions`], the resolvers, [`Error`] and [`ErrorKind`]. [`MemStorage`]
+//!   (an in-memory storage, for [`open_storage`] and [`convert`] into memory) is here too.
+//! - [`disk_core`] whole: the storage, layer and driver traits, the mapping API for embedders
+//!   doing their own data I/O ([`disk_core::mapping`]), [`FileStorage`](disk_core::FileStorage),
+//!   and [`MemResolver`](disk_core::MemResolver), which serves names registered beforehand from
+//!   memory (a chain or a multi-file VMDK held in memory; mostly tests, fuzzers and benches, so
+//!   it is not repeated here); [`ops`] (copy, compare, map, commit and rebase data movement) and
+//!   [`bytes`].
+//! - The engines [`vhd1`], [`vhdx`], [`vmdk`]: each one's driver and layer type (downcast a
+//!   [`Layer`] to it for format-specific details), its on-disk definitions (`format`), and
+//!   whatever else an embedder or tool needs (the VMDK descriptor parser, the VHDX log scan).
+//!   Their parsers' internals are private.
+//! - [`disk_resize`]: size changes ([`SizeChange`](disk_resize::SizeChange),
+//!   [`ResizeOptions`](disk_resize::ResizeOptions)), the checks a resize makes, `measure`.
+//! - Not API: the fuzz target bodies (`vdisk::fuzzing`, feature `fuzzing`) and the conformance
+//!   suite and fault-injecting storages (`disk_core::testing`, disk-core's feature `test-util`).
 
 #![forbid(unsafe_code)]
 
@@ -46,8 +66,8 @@ pub use registry::{driver, drivers, probe};
 
 pub use disk_core::{
     self, Allocation, BlockStatus, CheckReport, DenyExternal, DeviceStatus, DiscardBehavior, Disk, Error, ErrorKind,
-    Findings, Format, FsPolicy, FsResolver, Image, InfoValue, Layer, LayerInfo, MemResolver, MemStorage, MissingParent,
-    OpenOptions, Options, Repair, Resolver, Result, Storage, bytes, ops, parse_size,
+    Findings, Format, FsPolicy, FsResolver, Image, InfoValue, Layer, LayerInfo, MemStorage, MissingParent, OpenOptions,
+    Options, Repair, Resolver, Result, Storage, bytes, ops, parse_size,
 };
 pub use disk_resize;
 pub use vhd1;

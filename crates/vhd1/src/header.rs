@@ -3,7 +3,7 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 use crate::format::{
-    BAT_FREE, DynamicHeader, HEADER_CHECKSUM_RANGE, HEADER_COOKIE, HEADER_SIZE, SECTOR_SIZE, bitmap_size, checksum,
+    DynamicHeader, HEADER_CHECKSUM_RANGE, HEADER_COOKIE, HEADER_SIZE, SECTOR_SIZE, bitmap_size, checksum,
 };
 use disk_core::{Error, IoResultExt, Result, Storage};
 use zerocopy::{FromBytes, IntoBytes};
@@ -123,9 +123,4 @@ pub fn seal(header: &mut DynamicHeader) {
     header.checksum.set(0);
     let sum = checksum(header.as_bytes(), HEADER_CHECKSUM_RANGE);
     header.checksum.set(sum);
-}
-
-/// Whether a BAT entry is allocated.
-pub fn allocated(entry: u32) -> bool {
-    entry != BAT_FREE
 }

@@ -42,13 +42,13 @@
 #![forbid(unsafe_code)]
 
 mod check;
-pub mod create;
-pub mod footer;
+mod create;
+mod footer;
 pub mod format;
-pub mod header;
+mod header;
 mod info;
 mod layer;
-pub mod parent;
+mod parent;
 mod probe;
 mod resize;
 mod space;
@@ -57,6 +57,7 @@ mod write;
 pub use create::{VhdCreateOptions, append_fixed_footer, file_size};
 pub use format::DiskType;
 pub use layer::VhdLayer;
+pub use parent::Locator;
 
 use disk_core::{CreateSpec, Driver, Format, Layer, OpenContext, Result, Storage};
 use std::sync::Arc;

@@ -20,7 +20,7 @@ pub(crate) const MAX_SIZE: u64 = 1 << 41;
 
 /// The subformats `create` can make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Subformat {
+pub(crate) enum Subformat {
     /// One sparse file with an embedded descriptor.
     MonolithicSparse,
     /// A descriptor and one flat extent.

@@ -59,7 +59,6 @@ mod probe;
 mod sparse;
 mod stream;
 
-pub use create::Subformat;
 pub use layer::VmdkLayer;
 
 use disk_core::{CreateSpec, Driver, Format, Layer, OpenContext, Result, Storage};
