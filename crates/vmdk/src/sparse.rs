@@ -637,7 +637,9 @@ impl SparseExtent {
     // grain indexes come from in-range LBAs and table offsets from the space map.
     #[allow(clippy::arithmetic_side_effects)]
     fn write_pending_tables(&self, alloc: &mut Alloc, entries: &[(u64, u64)]) -> Result<()> {
-        let mut linked: Vec<(usize, u64, Option<u64>)> = Vec::new();
+        // New tables (directory index, bytes, whether a redundant copy is kept): written
+        // together below, each set of copies in one contiguous write.
+        let mut fresh: Vec<(usize, Vec<u8>, bool)> = Vec::new();
         let mut i = 0;
         while i < entries.len() {
             let gd_index = entries[i].0 / self.gtes;
@@ -681,12 +683,7 @@ impl SparseExtent {
             let redundant_table_sound = !bad.redundant_tables.contains(&gd_index);
             drop(bad);
             if gd_entry == 0 {
-                let primary = self.write_new_table(&mut alloc.space, &bytes)?;
-                let redundant = match rgd_entry {
-                    Some(_) if redundant_sound => Some(self.write_new_table(&mut alloc.space, &bytes)?),
-                    _ => None,
-                };
-                linked.push((idx, primary, redundant));
+                fresh.push((idx, bytes, rgd_entry.is_some() && redundant_sound));
             } else {
                 let mut offsets = vec![gd_entry * SECTOR];
                 if let Some(r) = rgd_entry.filter(|&r| r != 0 && redundant_sound && redundant_table_sound) {
@@ -704,6 +701,7 @@ impl SparseExtent {
                 }
             }
         }
+        let linked = self.write_new_tables(&mut alloc.space, &fresh)?;
         if !linked.is_empty() {
             // New tables are complete on disk before any directory points at them.
             self.storage.flush().io_context("flushing grain tables", 0)?;
@@ -728,6 +726,55 @@ impl SparseExtent {
             }
         }
         Ok(())
+    }
+
+    /// Write new grain tables `(directory index, bytes, keep a redundant copy)` side by side at
+    /// the end of the file: the primary copies in one write, then the redundant ones in another.
+    /// Returns each index with the offsets of its copies (not yet flushed nor linked).
+    // Sizes are bounded: a table is at most 2^16 entries and there are at most as many new
+    // tables as directory entries.
+    #[allow(clippy::arithmetic_side_effects)]
+    fn write_new_tables(
+        &self,
+        space: &mut SpaceMap,
+        fresh: &[(usize, Vec<u8>, bool)],
+    ) -> Result<Vec<(usize, u64, Option<u64>)>> {
+        if fresh.is_empty() {
+            return Ok(Vec::new());
+        }
+        let span = self.gt_bytes().div_ceil(SECTOR) * SECTOR;
+        let mut place = |copies: Vec<&[u8]>| -> Result<u64> {
+            let total = span * copies.len() as u64;
+            let at = space.allocate(total, SECTOR, SpaceKind::GrainTable, MAX_FILE_BYTES)?;
+            let mut buf = vec![0u8; total as usize];
+            for (k, bytes) in copies.iter().enumerate() {
+                let from = k * span as usize;
+                buf[from..from + bytes.len()].copy_from_slice(bytes);
+            }
+            self.storage.write_at(&buf, at).io_context("writing grain tables", at)?;
+            self.file_len.fetch_max(at + total, Ordering::AcqRel);
+            Ok(at)
+        };
+        let primary = place(fresh.iter().map(|(_, b, _)| b.as_slice()).collect())?;
+        let redundant: Vec<&[u8]> = fresh.iter().filter(|f| f.2).map(|(_, b, _)| b.as_slice()).collect();
+        let redundant_at = if redundant.is_empty() {
+            None
+        } else {
+            Some(place(redundant)?)
+        };
+        let mut out = Vec::with_capacity(fresh.len());
+        let mut r = 0u64;
+        for (k, (idx, _, keep)) in fresh.iter().enumerate() {
+            let red = match (keep, redundant_at) {
+                (true, Some(base)) => {
+                    r += 1;
+                    Some(base + (r - 1) * span)
+                }
+                _ => None,
+            };
+            out.push((*idx, primary + k as u64 * span, red));
+        }
+        Ok(out)
     }
 
     /// Write the directory entries `indexes` (sorted) of `dir` (at byte `offset`) to the file,
