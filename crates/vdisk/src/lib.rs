@@ -34,10 +34,10 @@
 //! - At the top level: the operations above, [`probe`] and the engines ([`driver`],
 //!   [`drivers`]), and the core types an embedder handles: [`Disk`], [`Image`], [`Layer`],
 //!   [`Storage`], [`OpenOptions`], the resolvers, [`Error`] and [`ErrorKind`]. [`MemStorage`]
-//!   (an in-memory storage, for [`open_storage`] and [`convert`] into memory) is here too.
+//!   (an in-memory storage: hold an image in memory, open it with [`open_storage`]) is here too.
 //! - [`disk_core`] whole: the storage, layer and driver traits, the mapping API for embedders
-//!   doing their own data I/O ([`disk_core::mapping`]), [`FileStorage`](disk_core::FileStorage),
-//!   and [`MemResolver`](disk_core::MemResolver), which serves names registered beforehand from
+//!   doing their own data I/O ([`disk_core::mapping`]), [`disk_core::FileStorage`], and
+//!   [`MemResolver`](disk_core::MemResolver), which serves names registered beforehand from
 //!   memory (a chain or a multi-file VMDK held in memory; mostly tests, fuzzers and benches, so
 //!   it is not repeated here); [`ops`] (copy, compare, map, commit and rebase data movement) and
 //!   [`bytes`].
