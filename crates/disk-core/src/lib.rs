@@ -25,6 +25,7 @@ pub mod bytes;
 mod disk;
 mod driver;
 mod error;
+pub mod files;
 pub mod geometry;
 pub mod guid;
 mod image;
@@ -38,8 +39,10 @@ mod raw;
 mod resolve;
 pub mod space;
 mod storage;
+pub mod sync;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+pub mod utf16;
 
 pub use disk::{Allocation, BlockStatus, DiscardBehavior, Disk, SectorRange, write_zero_buffers};
 pub use driver::{
@@ -53,6 +56,7 @@ pub use probe::{Format, extension_is, probe_head, probe_with};
 pub use raw::{RawDriver, RawLayer};
 pub use resolve::{
     DenyExternal, FileKind, FileRequest, FsPolicy, FsResolver, MemResolver, Opened, Resolver, recorded_to_path,
+    relative_locator,
 };
 pub use space::{Conflict, SpaceKind, SpaceMap, SpaceRange};
 pub use storage::{FileStorage, MemStorage, Storage};

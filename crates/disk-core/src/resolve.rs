@@ -7,6 +7,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::storage::{FileStorage, MemStorage, Storage};
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
@@ -140,6 +141,33 @@ pub fn recorded_to_path(recorded: &str, referrer: Option<&Path>) -> Option<PathB
     }
     let base = referrer.and_then(Path::parent).unwrap_or(Path::new(""));
     Some(base.join(path))
+}
+
+/// The relative parent locator a new differencing image records (VHD `W2ru`, VHDX
+/// `relative_path`): the parent's path relative to the child's directory, Windows style and
+/// starting with `.\` or `..\` (`.\parent.vhdx`, `..\base\base.vhd`), as Hyper-V and Windows
+/// write it. [`recorded_to_path`] reads it back.
+///
+/// It is the name the user gave (`recorded`) when that is relative (it is relative to the
+/// child's directory already). For an absolute name (a Unix path, or anything with a drive
+/// colon or a leading `\`) it is the parent's host path `absolute` relative to the directory of
+/// `child` (the new image's path) when the parent lies in or below that directory, and `None`
+/// otherwise: the image then records only the absolute path.
+pub fn relative_locator(recorded: &str, absolute: Option<&Path>, child: Option<&Path>) -> Option<String> {
+    let is_absolute = Path::new(recorded).is_absolute() || recorded.contains(':') || recorded.starts_with('\\');
+    let relative = if is_absolute {
+        let dir = child?.parent()?;
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        absolute?.strip_prefix(&dir).ok()?.to_string_lossy().into_owned()
+    } else {
+        recorded.to_string()
+    };
+    let windows = relative.replace('/', "\\");
+    if windows.starts_with(".\\") || windows.starts_with("..\\") {
+        Some(windows)
+    } else {
+        Some(format!(".\\{windows}"))
+    }
 }
 
 /// The directory holding `referrer` (`.` for a bare name or no referrer).
@@ -432,10 +460,7 @@ impl MemResolver {
 
     /// Make `name` resolve to `storage`.
     pub fn insert(&self, name: &str, storage: Arc<MemStorage>) {
-        self.files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), storage);
+        lock(&self.files).insert(name.to_string(), storage);
     }
 }
 
@@ -450,7 +475,7 @@ impl crate::driver::FileCreator for MemResolver {
 
 impl Resolver for MemResolver {
     fn open(&self, request: &FileRequest<'_>) -> Result<Opened> {
-        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let files = lock(&self.files);
         match files.get(request.recorded) {
             Some(s) => Ok(Opened {
                 storage: s.clone(),
@@ -467,6 +492,27 @@ impl Resolver for MemResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_locators() {
+        assert_eq!(relative_locator("p.vhd", None, None).unwrap(), ".\\p.vhd");
+        assert_eq!(relative_locator(".\\p.vhd", None, None).unwrap(), ".\\p.vhd");
+        assert_eq!(relative_locator("d/p.vhd", None, None).unwrap(), ".\\d\\p.vhd");
+        assert_eq!(relative_locator("../p.vhd", None, None).unwrap(), "..\\p.vhd");
+        assert_eq!(relative_locator("/x/p.vhd", Some(Path::new("/x/p.vhd")), None), None);
+        assert_eq!(relative_locator("C:\\x\\p.vhd", None, None), None);
+        assert_eq!(relative_locator("\\\\srv\\p.vhd", None, None), None);
+        let child = Some(Path::new("/x/c.vhd"));
+        assert_eq!(
+            relative_locator("/x/p.vhd", Some(Path::new("/x/p.vhd")), child).unwrap(),
+            ".\\p.vhd"
+        );
+        assert_eq!(
+            relative_locator("/x/d/p.vhd", Some(Path::new("/x/d/p.vhd")), child).unwrap(),
+            ".\\d\\p.vhd"
+        );
+        assert_eq!(relative_locator("/y/p.vhd", Some(Path::new("/y/p.vhd")), child), None);
+    }
 
     fn req<'a>(referrer: &'a Path, recorded: &'a str) -> FileRequest<'a> {
         FileRequest {

@@ -4,6 +4,7 @@
 //! ([`MemStorage`]) used by tests, fuzzers and benchmarks. Because every call names its offset,
 //! any number of threads may read through one `Storage` at once.
 
+use crate::sync::{read_lock, write_lock};
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
@@ -311,7 +312,7 @@ struct MemInner {
 
 impl fmt::Debug for MemStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let inner = read_lock(&self.inner);
         f.debug_struct("MemStorage")
             .field("len", &inner.len)
             .field("chunks", &inner.chunks.len())
@@ -357,11 +358,11 @@ impl MemStorage {
     }
 
     fn inner(&self) -> std::sync::RwLockReadGuard<'_, MemInner> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner())
+        read_lock(&self.inner)
     }
 
     fn inner_mut(&self) -> std::sync::RwLockWriteGuard<'_, MemInner> {
-        self.inner.write().unwrap_or_else(|e| e.into_inner())
+        write_lock(&self.inner)
     }
 
     fn check_limit(&self, end: u64) -> io::Result<()> {

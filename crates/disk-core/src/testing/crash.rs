@@ -7,6 +7,7 @@
 //! came back, under one of several [`CrashMode`]s.
 
 use crate::storage::{MemStorage, Storage};
+use crate::sync::lock;
 use std::fmt;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -316,7 +317,7 @@ impl CrashStorage {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Count a change and either record it or lose power.

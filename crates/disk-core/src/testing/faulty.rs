@@ -1,6 +1,7 @@
 //! [`FaultyStorage`]: a [`Storage`] wrapper that fails chosen operations with an I/O error.
 
 use crate::storage::Storage;
+use crate::sync::lock;
 use std::fmt;
 use std::io;
 use std::sync::Mutex;
@@ -160,7 +161,7 @@ impl<S: Storage> FaultyStorage<S> {
 
     /// Install `plan` and restart all counts from zero, so the plan's indices count from now.
     pub fn arm(&self, plan: FaultPlan) {
-        *self.plan.lock().unwrap_or_else(|e| e.into_inner()) = plan;
+        *lock(&self.plan) = plan;
         for c in [&self.reads, &self.writes, &self.flushes, &self.set_lens, &self.injected] {
             c.store(0, Ordering::SeqCst);
         }
@@ -168,7 +169,7 @@ impl<S: Storage> FaultyStorage<S> {
 
     /// The plan in force.
     pub fn plan(&self) -> FaultPlan {
-        *self.plan.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.plan)
     }
 
     /// Operations seen since the plan was armed.
