@@ -3,7 +3,8 @@
 
 use crate::footer::FooterSource;
 use crate::format::{BAT_FREE, DiskType, FOOTER_SIZE, SECTOR_SIZE};
-use crate::layer::{SparseState, VhdLayer, first_free_offset, read_lock, write_lock};
+use crate::layer::{SparseState, VhdLayer, first_free_offset};
+use disk_core::sync::{lock, read_lock, write_lock};
 use disk_core::{CheckReport, Conflict, IoResultExt, Repair, Result, SpaceKind};
 use std::collections::BTreeMap;
 use zerocopy::IntoBytes;
@@ -116,7 +117,7 @@ fn rewrite_footers(layer: &VhdLayer, free: u64, file_len: u64) -> Result<()> {
     let Some(sp) = &layer.sparse else {
         return Ok(());
     };
-    let _guard = sp.alloc.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = lock(&sp.alloc);
     storage
         .write_at(layer.footer.as_bytes(), 0)
         .io_context("rewriting the footer copy", 0)?;
@@ -140,7 +141,7 @@ fn free_bad_entries(
     bad: &BTreeMap<u32, Conflict>,
     report: &mut CheckReport,
 ) -> Result<()> {
-    let _guard = sp.alloc.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = lock(&sp.alloc);
     let entries: Vec<(u32, u32)> = bad.keys().map(|&i| (i, BAT_FREE)).collect();
     layer.write_bat_entries(sp, &entries)?;
     layer.storage.flush().io_context("flushing the repaired BAT", 0)?;

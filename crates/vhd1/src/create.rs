@@ -3,12 +3,11 @@
 
 use crate::footer;
 use crate::format::{
-    DiskType, DynamicHeader, FOOTER_SIZE, Footer, HEADER_COOKIE, HEADER_SIZE, MAX_DISK_SIZE, PLATFORM_W2KU,
-    PLATFORM_W2RU, SECTOR_SIZE, VERSION_1_0,
+    DiskType, DynamicHeader, FOOTER_SIZE, Footer, HEADER_COOKIE, HEADER_SIZE, MAX_DISK_SIZE, SECTOR_SIZE, VERSION_1_0,
 };
 use crate::header;
 use crate::layer::VhdLayer;
-use crate::parent::encode_utf16;
+use crate::parent;
 use disk_core::geometry::Chs;
 use disk_core::{CreateSpec, Error, IoResultExt, Result, Storage};
 use std::path::Path;
@@ -155,9 +154,9 @@ pub fn create(storage: &dyn Storage, spec: CreateSpec<'_>) -> Result<()> {
                     .absolute
                     .and_then(mtime_timestamp)
                     .unwrap_or_else(|| parent.footer().timestamp.get()),
-                name: backing.recorded.clone(),
-                absolute: backing.absolute.map(|p| p.to_string_lossy().into_owned()),
-                relative: relative_locator(&backing.recorded, backing.absolute, spec.path),
+                recorded: &backing.recorded,
+                absolute: backing.absolute,
+                child: spec.path,
             };
             create_sparse(storage, size, chs, opts.block_size, Some(link))
         }
@@ -176,33 +175,13 @@ pub(crate) fn mtime_timestamp(path: &Path) -> Option<u32> {
     u32::try_from(unix.checked_sub(crate::format::VHD_EPOCH_UNIX)?).ok()
 }
 
-/// The W2ru locator: the parent's path relative to the child's directory, Windows style
-/// (`.\name`), from the name the user gave or, for an absolute one, when the parent lies in or
-/// below the child's directory.
-pub(crate) fn relative_locator(recorded: &str, absolute: Option<&Path>, child: Option<&Path>) -> Option<String> {
-    let recorded_path = Path::new(recorded);
-    let relative = if !recorded_path.is_absolute() && !recorded.contains(':') && !recorded.starts_with('\\') {
-        recorded.to_string()
-    } else {
-        let dir = child?.parent()?;
-        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-        absolute?.strip_prefix(&dir).ok()?.to_string_lossy().into_owned()
-    };
-    let windows = relative.replace('/', "\\");
-    if windows.starts_with(".\\") || windows.starts_with("..\\") {
-        Some(windows)
-    } else {
-        Some(format!(".\\{windows}"))
-    }
-}
-
-/// What a differencing disk records about its parent.
-struct ParentLink {
+/// What a differencing disk records about its parent (see [`crate::parent::record_parent`]).
+struct ParentLink<'a> {
     id: [u8; 16],
     timestamp: u32,
-    name: String,
-    absolute: Option<String>,
-    relative: Option<String>,
+    recorded: &'a str,
+    absolute: Option<&'a Path>,
+    child: Option<&'a Path>,
 }
 
 fn create_fixed(storage: &dyn Storage, size: u64, chs: Chs) -> Result<()> {
@@ -230,7 +209,13 @@ pub fn append_fixed_footer(storage: &dyn Storage) -> Result<()> {
     storage.flush().io_context("flushing the image", size)
 }
 
-fn create_sparse(storage: &dyn Storage, size: u64, chs: Chs, block_size: u32, link: Option<ParentLink>) -> Result<()> {
+fn create_sparse(
+    storage: &dyn Storage,
+    size: u64,
+    chs: Chs,
+    block_size: u32,
+    link: Option<ParentLink<'_>>,
+) -> Result<()> {
     let disk_type = if link.is_some() {
         DiskType::Differencing
     } else {
@@ -255,23 +240,7 @@ fn create_sparse(storage: &dyn Storage, size: u64, chs: Chs, block_size: u32, li
     if let Some(link) = &link {
         header.parent_unique_id = link.id;
         header.parent_timestamp.set(link.timestamp);
-        let name = encode_utf16(&link.name, false);
-        let n = name.len().min(header.parent_unicode_name.len());
-        header.parent_unicode_name[..n].copy_from_slice(&name[..n]);
-        let mut slot = 0;
-        for (code, path) in [(PLATFORM_W2KU, &link.absolute), (PLATFORM_W2RU, &link.relative)] {
-            let Some(path) = path else { continue };
-            let data = encode_utf16(path, true);
-            let space = (data.len() as u64).div_ceil(SECTOR_SIZE).max(1) * SECTOR_SIZE;
-            let entry = &mut header.parent_locators[slot];
-            entry.platform_code = code;
-            entry.platform_data_space.set(space as u32);
-            entry.platform_data_length.set(data.len() as u32);
-            entry.platform_data_offset.set(next);
-            locator_data.push((next, data));
-            next += space;
-            slot += 1;
-        }
+        (locator_data, next) = parent::record_parent(&mut header, link.recorded, link.absolute, link.child, next)?;
     }
     header::seal(&mut header);
     let footer: Footer = footer::build(disk_type, size, chs, Some(header_offset));
@@ -331,17 +300,5 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn relative_locators() {
-        assert_eq!(relative_locator("p.vhd", None, None).unwrap(), ".\\p.vhd");
-        assert_eq!(relative_locator("d/p.vhd", None, None).unwrap(), ".\\d\\p.vhd");
-        assert_eq!(relative_locator("../p.vhd", None, None).unwrap(), "..\\p.vhd");
-        assert_eq!(relative_locator("/x/p.vhd", Some(Path::new("/x/p.vhd")), None), None);
-        assert_eq!(
-            relative_locator("/x/p.vhd", Some(Path::new("/x/p.vhd")), Some(Path::new("/x/c.vhd"))).unwrap(),
-            ".\\p.vhd"
-        );
     }
 }

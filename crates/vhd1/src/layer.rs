@@ -5,6 +5,7 @@ use crate::format::{BAT_FREE, DiskType, FOOTER_SIZE, Footer, HEADER_SIZE, SECTOR
 use crate::header::{self, Sparse};
 use crate::parent::{self, Locator};
 use disk_core::mapping::{Claims, Mapping, Run, WriteRun};
+use disk_core::sync::{lock, read_lock};
 use disk_core::{
     Allocation, BlockStatus, Conflict, Disk, Error, ErrorKind, Format, IoResultExt, Layer, LayerInfo, OpenContext,
     ParentRef, Result, Storage,
@@ -12,7 +13,7 @@ use disk_core::{
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock};
 use uuid::Uuid;
 
 /// An open VHD image (one layer of a chain).
@@ -321,14 +322,6 @@ pub(crate) fn first_free_offset(
     end.div_ceil(SECTOR_SIZE) * SECTOR_SIZE
 }
 
-pub(crate) fn read_lock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(crate) fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Drop for VhdLayer {
     /// Write metadata still pending (best effort: an error here has no one to go to; callers
     /// who care call `flush`).
@@ -340,10 +333,6 @@ impl Drop for VhdLayer {
             }
         }
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Layer for VhdLayer {

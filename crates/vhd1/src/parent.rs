@@ -4,8 +4,11 @@
 
 use crate::format::{
     DynamicHeader, PLATFORM_MACX, PLATFORM_W2KU, PLATFORM_W2RU, PLATFORM_WI2K, PLATFORM_WI2R, ParentLocatorEntry,
+    SECTOR_SIZE,
 };
-use disk_core::{IoResultExt, Result, Storage};
+use disk_core::utf16::{self, Endian};
+use disk_core::{Error, IoResultExt, Result, Storage};
+use std::path::Path;
 
 /// Longest locator data read (a Windows path of 32767 UTF-16 units, with room to spare).
 pub const MAX_LOCATOR_BYTES: u32 = 1 << 16;
@@ -27,29 +30,58 @@ pub struct Locator {
     pub space: u32,
 }
 
-/// Decode UTF-16 (`little` endian or big), stopping at the first NUL.
-pub fn decode_utf16(bytes: &[u8], little: bool) -> String {
-    let units = bytes.chunks_exact(2).map(|c| {
-        if little {
-            u16::from_le_bytes([c[0], c[1]])
-        } else {
-            u16::from_be_bytes([c[0], c[1]])
-        }
-    });
-    let units: Vec<u16> = units.take_while(|&u| u != 0).collect();
-    String::from_utf16_lossy(&units)
-}
-
-/// Encode as UTF-16, little or big endian, without a terminator.
-pub fn encode_utf16(text: &str, little: bool) -> Vec<u8> {
-    text.encode_utf16()
-        .flat_map(|u| if little { u.to_le_bytes() } else { u.to_be_bytes() })
-        .collect()
-}
-
-/// The header's "Parent Unicode Name".
+/// The header's "Parent Unicode Name" (UTF-16BE, NUL padded).
 pub fn unicode_name(header: &DynamicHeader) -> String {
-    decode_utf16(&header.parent_unicode_name, false)
+    utf16::decode_lossy(&header.parent_unicode_name, Endian::Big)
+}
+
+/// Record a parent in `header`, replacing its "Parent Unicode Name" and parent locators: the
+/// name the user gave (`recorded`), a W2ku locator with the parent's host path `absolute` and a
+/// W2ru locator with its path relative to the child at `child` ([`disk_core::relative_locator`]).
+/// The locators' data is laid out from file offset `at`, each in whole sectors; returns it with
+/// its offsets (zero padded to the space recorded) and the offset just past it. The unique id
+/// and timestamp are the caller's.
+pub(crate) fn record_parent(
+    header: &mut DynamicHeader,
+    recorded: &str,
+    absolute: Option<&Path>,
+    child: Option<&Path>,
+    at: u64,
+) -> Result<(Vec<(u64, Vec<u8>)>, u64)> {
+    let name = utf16::encode(recorded, Endian::Big);
+    header.parent_unicode_name = [0; 512];
+    let n = name.len().min(header.parent_unicode_name.len());
+    header.parent_unicode_name[..n].copy_from_slice(&name[..n]);
+    header.parent_locators = [ParentLocatorEntry::default(); 8];
+    let relative = disk_core::relative_locator(recorded, absolute, child);
+    let absolute = absolute.map(|p| p.to_string_lossy().into_owned());
+    let mut data = Vec::new();
+    let mut next = at;
+    let paths = [(PLATFORM_W2KU, absolute), (PLATFORM_W2RU, relative)];
+    for (entry, (code, path)) in header
+        .parent_locators
+        .iter_mut()
+        .zip(paths.into_iter().filter_map(|(c, p)| p.map(|p| (c, p))))
+    {
+        let mut bytes = utf16::encode(&path, Endian::Little);
+        let length = u32::try_from(bytes.len())
+            .ok()
+            .filter(|&l| l <= MAX_LOCATOR_BYTES)
+            .ok_or_else(|| Error::invalid_argument(format!("parent path '{path}' is too long")))?;
+        // At most 64 KiB: the sums below cannot overflow.
+        let space = u64::from(length)
+            .div_ceil(SECTOR_SIZE)
+            .max(1)
+            .saturating_mul(SECTOR_SIZE);
+        entry.platform_code = code;
+        entry.platform_data_space.set(space as u32);
+        entry.platform_data_length.set(length);
+        entry.platform_data_offset.set(next);
+        bytes.resize(space as usize, 0);
+        data.push((next, bytes));
+        next = next.saturating_add(space);
+    }
+    Ok((data, next))
 }
 
 /// Decode every used locator entry, reading its data (bounded by `file_len`).
@@ -88,7 +120,7 @@ fn read_one(storage: &dyn Storage, entry: &ParentLocatorEntry, file_len: u64) ->
         .read_at(&mut data, offset)
         .io_context("reading a parent locator", offset)?;
     let text = match entry.platform_code {
-        PLATFORM_W2RU | PLATFORM_W2KU => decode_utf16(&data, true),
+        PLATFORM_W2RU | PLATFORM_W2KU => utf16::decode_lossy(&data, Endian::Little),
         PLATFORM_WI2R | PLATFORM_WI2K | PLATFORM_MACX => {
             let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
             String::from_utf8_lossy(&data[..end]).into_owned()
@@ -132,16 +164,6 @@ pub fn candidates(locators: &[Locator], unicode_name: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utf16_round_trip() {
-        let s = ".\\päre€nt.vhd";
-        assert_eq!(decode_utf16(&encode_utf16(s, true), true), s);
-        assert_eq!(decode_utf16(&encode_utf16(s, false), false), s);
-        let mut padded = encode_utf16("ab", false);
-        padded.extend([0, 0, 0, 0x41]);
-        assert_eq!(decode_utf16(&padded, false), "ab");
-    }
 
     #[test]
     fn candidate_order() {

@@ -15,8 +15,9 @@
 use crate::footer;
 use crate::format::{BAT_FREE, DiskType, FOOTER_SIZE, Footer, MAX_DISK_SIZE, SECTOR_SIZE, bitmap_get};
 use crate::header;
-use crate::layer::{SparseState, VhdLayer, block_used_bytes, first_free_offset, lock, read_lock, write_lock};
+use crate::layer::{SparseState, VhdLayer, block_used_bytes, first_free_offset};
 use disk_core::geometry::Chs;
+use disk_core::sync::{lock, read_lock, write_lock};
 use disk_core::{Error, IoResultExt, Result};
 use std::sync::atomic::Ordering;
 use zerocopy::IntoBytes;
@@ -362,7 +363,6 @@ impl VhdLayer {
     /// readers use) switches its "Data Offset" to the new header, and last the footer at the end
     /// follows. A crash leaves the old parent or the new one. The handle is stale afterwards.
     pub(crate) fn set_parent_in_place(&self, parent: Option<&disk_core::NewParent<'_>>) -> Result<()> {
-        use crate::format::{PLATFORM_W2KU, PLATFORM_W2RU, ParentLocatorEntry};
         self.writable()?;
         let (Some(sp), DiskType::Differencing) = (&self.sparse, self.disk_type) else {
             return Err(Error::unsupported(
@@ -391,36 +391,19 @@ impl VhdLayer {
                 .and_then(crate::create::mtime_timestamp)
                 .unwrap_or_else(|| vhd.footer().timestamp.get()),
         );
-        let name = crate::parent::encode_utf16(parent.recorded, false);
-        hdr.parent_unicode_name = [0; 512];
-        let n = name.len().min(hdr.parent_unicode_name.len());
-        hdr.parent_unicode_name[..n].copy_from_slice(&name[..n]);
-        hdr.parent_locators = [ParentLocatorEntry::default(); 8];
-        let absolute = parent.absolute.map(|p| p.to_string_lossy().into_owned());
-        let relative = crate::create::relative_locator(parent.recorded, parent.absolute, parent.child);
         // The new header first, then its locators, all past the current end.
         let header_at = state.free;
-        let mut free = header_at + crate::format::HEADER_SIZE;
-        let mut slot = 0;
-        for (code, path) in [(PLATFORM_W2KU, &absolute), (PLATFORM_W2RU, &relative)] {
-            let Some(path) = path else { continue };
-            let data = crate::parent::encode_utf16(path, true);
-            if data.len() as u64 > u64::from(crate::parent::MAX_LOCATOR_BYTES) {
-                return Err(Error::invalid_argument(format!("parent path '{path}' is too long")));
-            }
-            let space = (data.len() as u64).div_ceil(SECTOR_SIZE).max(1) * SECTOR_SIZE;
-            let mut buf = data.clone();
-            buf.resize(space as usize, 0);
+        let (locators, free) = crate::parent::record_parent(
+            &mut hdr,
+            parent.recorded,
+            parent.absolute,
+            parent.child,
+            header_at + crate::format::HEADER_SIZE,
+        )?;
+        for (at, data) in &locators {
             self.storage
-                .write_at(&buf, free)
-                .io_context("writing a parent locator", free)?;
-            let entry = &mut hdr.parent_locators[slot];
-            entry.platform_code = code;
-            entry.platform_data_space.set(space as u32);
-            entry.platform_data_length.set(data.len() as u32);
-            entry.platform_data_offset.set(free);
-            free += space;
-            slot += 1;
+                .write_at(data, *at)
+                .io_context("writing a parent locator", *at)?;
         }
         header::seal(&mut hdr);
         self.storage

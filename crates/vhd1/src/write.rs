@@ -9,8 +9,9 @@
 //! footer back to the end of the last reserved block.
 
 use crate::format::{BAT_FREE, DiskType, FOOTER_SIZE, SECTOR_SIZE, bitmap_get, bitmap_set};
-use crate::layer::{AllocState, MAX_PENDING, SparseState, VhdLayer, lock, read_lock, write_lock};
+use crate::layer::{AllocState, MAX_PENDING, SparseState, VhdLayer};
 use disk_core::mapping::{Completion, WriteRun};
+use disk_core::sync::{lock, read_lock, write_lock};
 use disk_core::{Error, IoResultExt, Result};
 use std::sync::atomic::Ordering;
 use zerocopy::IntoBytes;
