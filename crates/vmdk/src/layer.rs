@@ -6,6 +6,7 @@ use crate::sparse::{GrainLoc, SparseExtent};
 use crate::stream::StreamWriter;
 use disk_core::mapping::{Completion, Mapping, Run, WriteRun, WriteTarget};
 use disk_core::mover::write_zero_data;
+use disk_core::sync::lock;
 use disk_core::{
     Allocation, BlockStatus, CheckReport, Disk, Error, ErrorKind, Format, InfoValue, IoResultExt, Layer, LayerInfo,
     ParentRef, Repair, Result, Storage,
@@ -180,7 +181,7 @@ impl VmdkLayer {
         if self.cid_updated.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let mut guard = self.descriptor.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = lock(&self.descriptor);
         let Some(desc) = guard.as_mut() else {
             return Ok(());
         };

@@ -11,6 +11,7 @@
 
 use crate::format::{self, GrainMarker, MetaDataMarker, SECTOR, SparseExtentHeader};
 use crate::sparse::SparseExtent;
+use disk_core::sync::lock;
 use disk_core::{Allocation, BlockStatus, Disk, Error, IoResultExt, Result};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -186,7 +187,7 @@ impl StreamWriter {
 
     /// Write extent sectors from `lba`: only at or after the grain being filled.
     pub fn write(&self, s: &SparseExtent, lba: u64, buf: &[u8]) -> Result<()> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = lock(&self.state);
         let gb = s.grain_bytes() as usize;
         let total = buf.len() as u64 / SECTOR;
         let mut finished = Vec::new();
@@ -232,7 +233,7 @@ impl StreamWriter {
             let n = (s.grain - at % s.grain).min(total - done);
             let piece = &mut buf[(done * SECTOR) as usize..((done + n) * SECTOR) as usize];
             let found = {
-                let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let st = lock(&self.state);
                 match &st.pending {
                     Some((p, data)) if *p == g => {
                         piece.copy_from_slice(&data[within..within + piece.len()]);
@@ -256,7 +257,7 @@ impl StreamWriter {
 
     /// Allocation of the run at `lba` in stream mode.
     pub fn block_status(&self, s: &SparseExtent, lba: u64, max: u64) -> Option<BlockStatus> {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let st = lock(&self.state);
         let is_data = |g: u64| {
             st.pending.as_ref().is_some_and(|p| p.0 == g)
                 || st
@@ -281,7 +282,7 @@ impl StreamWriter {
 
     /// Write the grain being filled, the tables, directory, footer and end-of-stream marker.
     pub fn finish(&self, s: &SparseExtent) -> Result<()> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = lock(&self.state);
         if !st.dirty {
             return Ok(());
         }

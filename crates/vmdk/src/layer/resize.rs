@@ -17,6 +17,7 @@ use super::{DescriptorHome, Extent, VmdkLayer};
 use crate::create::{MAX_SIZE, SPLIT_SECTORS, write_sparse};
 use crate::descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};
 use crate::format::SECTOR;
+use disk_core::sync::lock;
 use disk_core::{Error, FileCreator, IoResultExt, NewParent, Result};
 
 /// Write `desc` where it lives, as one write no shorter than `old_len` bytes (blank lines pad it),
@@ -110,7 +111,7 @@ impl VmdkLayer {
         if new_sectors == self.sectors {
             return Ok(());
         }
-        let mut guard = self.descriptor.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = lock(&self.descriptor);
         let Some(desc) = guard.as_mut() else {
             return Err(Error::unsupported(
                 "this VMDK has no descriptor to record the new size in",
@@ -258,7 +259,7 @@ impl VmdkLayer {
         if self.read_only {
             return Err(Error::read_only());
         }
-        let mut guard = self.descriptor.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = lock(&self.descriptor);
         let Some(desc) = guard.as_mut() else {
             return Err(Error::unsupported("this VMDK has no descriptor to record a parent in"));
         };

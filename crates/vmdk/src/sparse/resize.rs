@@ -16,6 +16,7 @@
 
 use super::{Flavor, GrainLoc, SparseExtent};
 use crate::format::{SECTOR, SparseExtentHeader};
+use disk_core::sync::{lock, read_lock};
 use disk_core::{Error, IoResultExt, Result};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -39,7 +40,7 @@ impl SparseExtent {
         if new_capacity == 0 {
             return Err(Error::invalid_argument("an extent must have at least one sector"));
         }
-        let _alloc = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        let _alloc = lock(&self.alloc);
         let mut raw = [0u8; 512];
         self.storage
             .read_at(&mut raw, 0)
@@ -101,7 +102,7 @@ impl SparseExtent {
         let old_tables = old_grains.div_ceil(self.gtes);
         let new_tables = new_grains.div_ceil(self.gtes);
         let gd = self.gd_entries();
-        let rgd = self.rgd.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let rgd = read_lock(&self.rgd).clone();
         let mut file_len = self.storage.len().io_context("reading the file size", 0)?;
 
         // The tail of a partial last grain.
@@ -134,7 +135,7 @@ impl SparseExtent {
                 let at = base + first_hidden * 4;
                 self.write_u32s(at, &zeros, "clearing grain table entries")?;
             }
-            self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            lock(&self.cache).clear();
         }
         // Grain tables for the new space, preallocated as at creation (QEMU writes only into
         // existing tables): zeroed space at the end of the file, primary then redundant.

@@ -16,6 +16,7 @@
 
 use super::{Flavor, GrainLoc, SparseExtent};
 use crate::format::{self, SECTOR, SparseExtentHeader};
+use disk_core::sync::{lock, read_lock, write_lock};
 use disk_core::{Conflict, Error, Findings, IoResultExt, Repair, Result, SpaceKind, SpaceMap, SpaceRange};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -119,7 +120,7 @@ impl SparseExtent {
         if let Err(c) = claim_rounded(&mut space, self.gd_offset, gd_bytes, SpaceKind::GrainDirectory) {
             note(&mut space, "grain directory", c);
         }
-        let rgd = self.rgd.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let rgd = read_lock(&self.rgd).clone();
         if let Some((_, at)) = &rgd
             && let Err(c) = claim_rounded(&mut space, *at, gd_bytes, SpaceKind::GrainDirectory)
         {
@@ -260,19 +261,15 @@ impl SparseExtent {
     /// Take the results of [`SparseExtent::map_space`] as the extent's state.
     pub(crate) fn install(&self, scan: Scan) {
         self.any_bad.store(!scan.bad.is_empty(), Ordering::Release);
-        *self.bad.write().unwrap_or_else(|e| e.into_inner()) = scan.bad;
-        self.alloc.lock().unwrap_or_else(|e| e.into_inner()).space = scan.space;
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        *write_lock(&self.bad) = scan.bad;
+        lock(&self.alloc).space = scan.space;
+        lock(&self.cache).clear();
     }
 
     /// Refuse writing to an extent with conflicts (an [`ErrorKind::Corrupt`](disk_core::ErrorKind)
     /// error naming the structure, its offset and what it overlaps).
     pub(crate) fn refuse_writes_if_conflicted(&self) -> Result<()> {
-        self.alloc
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .space
-            .refuse_writes_if_conflicted()
+        lock(&self.alloc).space.refuse_writes_if_conflicted()
     }
 
     /// Check the extent (named `name` in messages): every conflict, disagreeing redundant
@@ -287,7 +284,7 @@ impl SparseExtent {
         leaks: &mut Findings,
         repaired: &mut Findings,
     ) -> Result<u64> {
-        let _alloc = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        let _alloc = lock(&self.alloc);
         let mut found = Vec::new();
         let scan = self.map_space(&mut |m| found.push(m))?;
         drop(_alloc);
@@ -343,21 +340,21 @@ impl SparseExtent {
                 }
             }
         }
-        self.alloc.lock().unwrap_or_else(|e| e.into_inner()).space = scan;
+        lock(&self.alloc).space = scan;
         Ok(allocated)
     }
 
     /// [`SparseExtent::install`] returning the space map (the caller puts it back).
     fn install_locked(&self, scan: Scan) -> SpaceMap {
         self.any_bad.store(!scan.bad.is_empty(), Ordering::Release);
-        *self.bad.write().unwrap_or_else(|e| e.into_inner()) = scan.bad;
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        *write_lock(&self.bad) = scan.bad;
+        lock(&self.cache).clear();
         scan.space
     }
 
     /// Report directory and table copies that disagree (sound tables only).
     fn compare_redundant(&self, name: &str, bad: &BadEntries, corruptions: &mut Findings) -> Result<()> {
-        let rgd = self.rgd.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let rgd = read_lock(&self.rgd).clone();
         let Some((rgd, _)) = rgd.filter(|_| !bad.redundant_dir) else {
             return Ok(());
         };
@@ -384,9 +381,9 @@ impl SparseExtent {
     /// is replaced by a copy of its primary table at the end of the file; an unusable redundant
     /// directory is switched off in the header. Each step is flushed before the next.
     fn drop_bad_entries(&self, bad: &BadEntries) -> Result<()> {
-        let mut alloc = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        let mut alloc = lock(&self.alloc);
         self.storage.flush().io_context("flushing before a repair", 0)?;
-        let rgd = self.rgd.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let rgd = read_lock(&self.rgd).clone();
         let rgd = rgd.filter(|_| !bad.redundant_dir);
         let gd = self.gd_entries();
         let entry_at = |base: u64, index: u64| index.checked_mul(self.entry_size).and_then(|o| o.checked_add(base));
@@ -423,10 +420,10 @@ impl SparseExtent {
                     .io_context("dropping a grain directory entry", at)?;
             }
             let index = usize::try_from(t).unwrap_or(usize::MAX);
-            if let Some(e) = self.gd.write().unwrap_or_else(|e| e.into_inner()).get_mut(index) {
+            if let Some(e) = write_lock(&self.gd).get_mut(index) {
                 *e = 0;
             }
-            if let Some((r, _)) = self.rgd.write().unwrap_or_else(|e| e.into_inner()).as_mut()
+            if let Some((r, _)) = write_lock(&self.rgd).as_mut()
                 && let Some(e) = r.get_mut(index)
             {
                 *e = 0;
@@ -455,7 +452,7 @@ impl SparseExtent {
                 self.storage
                     .write_at(&sector.to_le_bytes(), dir_at)
                     .io_context("linking a grain table copy", dir_at)?;
-                if let Some((r, _)) = self.rgd.write().unwrap_or_else(|e| e.into_inner()).as_mut()
+                if let Some((r, _)) = write_lock(&self.rgd).as_mut()
                     && let Some(e) = usize::try_from(t).ok().and_then(|i| r.get_mut(i))
                 {
                     *e = u64::from(sector);
@@ -475,9 +472,9 @@ impl SparseExtent {
                 .write_at(h.as_bytes(), 0)
                 .io_context("writing the header", 0)?;
             self.storage.flush().io_context("flushing the header", 0)?;
-            *self.rgd.write().unwrap_or_else(|e| e.into_inner()) = None;
+            *write_lock(&self.rgd) = None;
         }
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        lock(&self.cache).clear();
         Ok(())
     }
 
