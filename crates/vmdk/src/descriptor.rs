@@ -462,7 +462,7 @@ impl Default for Descriptor {
 }
 
 /// Whether `bytes` look like the start of a text descriptor.
-pub fn looks_like_descriptor(bytes: &[u8]) -> bool {
+pub(crate) fn looks_like_descriptor(bytes: &[u8]) -> bool {
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]);
     text.lines().any(|l| {
         let l = l.trim();
