@@ -263,7 +263,7 @@ impl SparseExtent {
         let seq = self.table_writes.load(Ordering::Acquire);
         let table = Arc::new(self.read_entries(off)?);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if seq % 2 == 0 && self.table_writes.load(Ordering::Acquire) == seq {
+        if seq.is_multiple_of(2) && self.table_writes.load(Ordering::Acquire) == seq {
             if cache.len() >= self.cache_max {
                 cache.clear();
             }
@@ -640,6 +640,9 @@ impl SparseExtent {
         // New tables (directory index, bytes, whether a redundant copy is kept): written
         // together below, each set of copies in one contiguous write.
         let mut fresh: Vec<(usize, Vec<u8>, bool)> = Vec::new();
+        // Existing tables rewritten whole: (file offset, bytes), and their new contents.
+        let mut rewrites: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut updated: Vec<(u64, Vec<u64>)> = Vec::new();
         let mut i = 0;
         while i < entries.len() {
             let gd_index = entries[i].0 / self.gtes;
@@ -690,13 +693,32 @@ impl SparseExtent {
                     offsets.push(r * SECTOR);
                 }
                 for at in offsets {
-                    if let Err(e) = self.storage.write_at(&bytes, at) {
-                        // The table may hold some of the entries now: reads follow the file.
-                        self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(&gd_index);
-                        return Err(Error::io(e, "writing a grain table").at_offset(at));
-                    }
+                    rewrites.push((at, bytes.clone()));
                 }
-                if let Some(t) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&gd_index) {
+                updated.push((gd_index, table));
+            }
+        }
+        // Tables laid out side by side (as created) are rewritten in one write per run.
+        rewrites.sort_by_key(|&(at, _)| at);
+        let mut k = 0;
+        while k < rewrites.len() {
+            let start = rewrites[k].0;
+            let mut buf = std::mem::take(&mut rewrites[k].1);
+            k += 1;
+            while k < rewrites.len() && rewrites[k].0 == start + buf.len() as u64 {
+                buf.extend_from_slice(&rewrites[k].1);
+                k += 1;
+            }
+            if let Err(e) = self.storage.write_at(&buf, start) {
+                // Tables may hold some of the entries now: reads follow the file.
+                self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                return Err(Error::io(e, "writing grain tables").at_offset(start));
+            }
+        }
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            for (gd_index, table) in updated {
+                if let Some(t) = cache.get_mut(&gd_index) {
                     *t = Arc::new(table);
                 }
             }
@@ -779,6 +801,8 @@ impl SparseExtent {
 
     /// Write the directory entries `indexes` (sorted) of `dir` (at byte `offset`) to the file,
     /// entries less than 4 KiB apart in one write.
+    // Indexes are sorted directory indexes (bounded by the directory's length, checked on open).
+    #[allow(clippy::arithmetic_side_effects)]
     fn write_directory_spans(&self, dir: &[u64], offset: u64, indexes: &[usize], what: &str) -> Result<()> {
         const GAP: usize = 1024;
         let mut i = 0;
