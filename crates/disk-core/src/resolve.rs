@@ -447,6 +447,8 @@ mod host {
 }
 
 /// Resolves names to in-memory files registered beforehand: for tests, fuzzers and benches.
+/// Names are compared as the file-system resolvers read them: `\` as `/`, with `.` components
+/// dropped, so a locator recorded as `.\parent.vhdx` finds the file registered as `parent.vhdx`.
 #[derive(Debug, Default)]
 pub struct MemResolver {
     files: Mutex<HashMap<String, Arc<MemStorage>>>,
@@ -460,8 +462,16 @@ impl MemResolver {
 
     /// Make `name` resolve to `storage`.
     pub fn insert(&self, name: &str, storage: Arc<MemStorage>) {
-        lock(&self.files).insert(name.to_string(), storage);
+        lock(&self.files).insert(mem_key(name), storage);
     }
+}
+
+/// The key a [`MemResolver`] keeps `name` under (see there).
+fn mem_key(name: &str) -> String {
+    let name = name.trim_end_matches('\0').replace('\\', "/");
+    let parts: Vec<&str> = name.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    let root = if name.starts_with('/') { "/" } else { "" };
+    format!("{root}{}", parts.join("/"))
 }
 
 /// New files of a multi-file image created in memory are registered under their names.
@@ -476,7 +486,7 @@ impl crate::driver::FileCreator for MemResolver {
 impl Resolver for MemResolver {
     fn open(&self, request: &FileRequest<'_>) -> Result<Opened> {
         let files = lock(&self.files);
-        match files.get(request.recorded) {
+        match files.get(&mem_key(request.recorded)) {
             Some(s) => Ok(Opened {
                 storage: s.clone(),
                 path: PathBuf::from(request.recorded),
@@ -492,6 +502,27 @@ impl Resolver for MemResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mem_resolver_reads_names_as_paths() {
+        let r = MemResolver::new();
+        r.insert("parent.vhdx", Arc::new(MemStorage::from_bytes(b"p")));
+        r.insert("/abs/x", Arc::new(MemStorage::from_bytes(b"x")));
+        let open = |name: &str| r.open(&req(Path::new("child"), name)).map(|o| o.storage.len().unwrap());
+        for name in [
+            "parent.vhdx",
+            ".\\parent.vhdx",
+            "./parent.vhdx",
+            "parent.vhdx\0",
+            "/abs/x",
+            "/abs/./x",
+        ] {
+            assert_eq!(open(name).unwrap(), 1, "{name}");
+        }
+        for name in ["other", "abs/x", "..\\parent.vhdx", ""] {
+            assert_eq!(open(name).unwrap_err().kind(), ErrorKind::NotFound, "{name}");
+        }
+    }
 
     #[test]
     fn relative_locators() {
