@@ -3,8 +3,9 @@
 use crate::format::*;
 use crate::geometry::Geometry;
 use crate::layer::VhdxLayer;
-use crate::parse::{checksum_with_zero_field, header_bytes, to_utf16le};
+use crate::parse::{checksum_with_zero_field, header_bytes};
 use disk_core::guid::{MsGuid, new_uuid};
+use disk_core::utf16::{self, Endian};
 use disk_core::{CreateSpec, Error, IoResultExt, MeasureSource, Measurement, Options, Result, Storage};
 use zerocopy::{FromZeros, IntoBytes};
 
@@ -32,15 +33,22 @@ pub(crate) struct ParentInfo {
 
 impl ParentInfo {
     /// The locator for a parent recorded as `recorded` (relative to the child, or absolute),
-    /// found at `absolute` on this host, whose DataWriteGuid is `linkage`.
-    pub(crate) fn new(linkage: uuid::Uuid, recorded: &str, absolute: Option<&std::path::Path>) -> Self {
-        let is_abs = recorded.starts_with('/') || recorded.starts_with('\\') || recorded.get(1..2) == Some(":");
+    /// found at `absolute` on this host, whose DataWriteGuid is `linkage`, for a child at
+    /// `child`: `relative_path` as [`disk_core::relative_locator`] makes it, and
+    /// `absolute_win32_path` the host path (or, without one, an absolute `recorded`).
+    pub(crate) fn new(
+        linkage: uuid::Uuid,
+        recorded: &str,
+        absolute: Option<&std::path::Path>,
+        child: Option<&std::path::Path>,
+    ) -> Self {
+        let relative = disk_core::relative_locator(recorded, absolute, child);
         ParentInfo {
             linkage,
-            relative: (!is_abs).then(|| windows_path(recorded)),
             absolute: absolute
                 .map(|a| a.to_string_lossy().into_owned())
-                .or_else(|| is_abs.then(|| recorded.to_string())),
+                .or_else(|| relative.is_none().then(|| recorded.to_string())),
+            relative,
         }
     }
 }
@@ -51,10 +59,6 @@ fn sector_option(value: Option<u64>, what: &str, default: u32) -> Result<u32> {
         Some(v @ (512 | 4096)) => Ok(v as u32),
         Some(v) => Err(Error::invalid_argument(format!("{what} must be 512 or 4096, not {v}"))),
     }
-}
-
-fn windows_path(p: &str) -> String {
-    p.replace('/', "\\")
 }
 
 /// Parse the create options (everything but the parent).
@@ -120,7 +124,7 @@ fn params(spec: &mut CreateSpec<'_>) -> Result<Params> {
                     top.sector_size()
                 )));
             }
-            Some(ParentInfo::new(p.data_write_guid(), &b.recorded, b.absolute))
+            Some(ParentInfo::new(p.data_write_guid(), &b.recorded, b.absolute, spec.path))
         }
     };
     Ok(p)
@@ -142,7 +146,7 @@ pub(crate) fn parent_locator(p: &ParentInfo) -> Vec<u8> {
     let table_end = out.len() + pairs.len() * size_of::<ParentLocatorEntry>();
     let mut strings = Vec::new();
     for (k, v) in &pairs {
-        let (k, v) = (to_utf16le(k), to_utf16le(v));
+        let (k, v) = (utf16::encode(k, Endian::Little), utf16::encode(v, Endian::Little));
         let mut e = ParentLocatorEntry::new_zeroed();
         e.key_offset.set((table_end + strings.len()) as u32);
         e.key_length.set(k.len() as u16);

@@ -14,7 +14,7 @@ use disk_core::{
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock};
 use uuid::Uuid;
 
 /// Largest BAT kept in memory (64 TiB at 1 MiB blocks needs 512 MiB).
@@ -105,17 +105,8 @@ impl std::fmt::Debug for VhdxLayer {
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(crate) fn read_lock<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(crate) fn write_lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(|e| e.into_inner())
-}
+// `write.rs` still takes the lock helpers from here; everything else imports `disk_core::sync`.
+pub(crate) use disk_core::sync::{lock, read_lock, write_lock};
 
 fn parent_ref(loc: &parse::ParentLocator) -> ParentRef {
     let locators: Vec<String> = ["relative_path", "absolute_win32_path", "volume_path"]
@@ -124,9 +115,11 @@ fn parent_ref(loc: &parse::ParentLocator) -> ParentRef {
         .filter(|v| !v.is_empty())
         .map(str::to_string)
         .collect();
+    // Shown as the user named it: `.\parent.vhdx` (what Hyper-V and vdisk record) as `parent.vhdx`.
+    let display = locators.first().map_or("", |l| l.strip_prefix(".\\").unwrap_or(l));
     ParentRef {
         format: Format::Vhdx,
-        display: locators.first().cloned().unwrap_or_default(),
+        display: display.to_string(),
         locators,
     }
 }

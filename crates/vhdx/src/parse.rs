@@ -5,6 +5,7 @@
 
 use crate::format::*;
 use disk_core::guid::MsGuid;
+use disk_core::utf16::{self, Endian};
 use disk_core::{Error, IoResultExt, Result, Storage};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -47,21 +48,6 @@ pub(crate) fn checksum_with_zero_field(bytes: &[u8], at: usize) -> u32 {
     crc32c::crc32c_append(crc, tail)
 }
 
-/// Decode a UTF-16LE byte string, dropping trailing NULs.
-pub(crate) fn utf16le(bytes: &[u8]) -> Option<String> {
-    let units: Vec<u16> = bytes
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect();
-    let s = String::from_utf16(&units).ok()?;
-    Some(s.trim_end_matches('\0').to_string())
-}
-
-/// Encode text as UTF-16LE bytes.
-pub(crate) fn to_utf16le(s: &str) -> Vec<u8> {
-    s.encode_utf16().flat_map(u16::to_le_bytes).collect()
-}
-
 /// The creator string of the file identifier (empty if absent or not UTF-16).
 pub(crate) fn read_creator(storage: &dyn Storage, file_len: u64) -> Result<String> {
     let buf = read_bounded(
@@ -75,12 +61,7 @@ pub(crate) fn read_creator(storage: &dyn Storage, file_len: u64) -> Result<Strin
     if id.signature != FILE_SIGNATURE {
         return Err(Error::corrupt("not a VHDX file (no 'vhdxfile' signature)").in_structure("file identifier"));
     }
-    let raw = id.creator.as_bytes();
-    let end = raw
-        .chunks_exact(2)
-        .position(|c| c == [0, 0])
-        .map_or(raw.len(), |i| i.saturating_mul(2));
-    Ok(utf16le(&raw[..end]).unwrap_or_default())
+    Ok(utf16::decode(utf16::before_nul(id.creator.as_bytes()), Endian::Little).unwrap_or_default())
 }
 
 /// Both header slots, parsed.
@@ -329,7 +310,7 @@ fn parse_parent_locator(data: &[u8]) -> Result<ParentLocator> {
             let bytes = data
                 .get(off..off.saturating_add(usize::from(len)))
                 .ok_or_else(|| bad("key or value outside the item"))?;
-            utf16le(bytes).ok_or_else(|| bad("text is not UTF-16"))
+            utf16::decode(bytes, Endian::Little).ok_or_else(|| bad("text is not UTF-16"))
         };
         let key = text(e.key_offset.get(), e.key_length.get())?;
         let value = text(e.value_offset.get(), e.value_length.get())?;

@@ -3,8 +3,9 @@
 
 use crate::create::{ParentInfo, parent_locator};
 use crate::format::*;
-use crate::layer::{VhdxLayer, lock};
+use crate::layer::VhdxLayer;
 use crate::write::Txn;
+use disk_core::sync::lock;
 use disk_core::{Error, IoResultExt, NewParent, Result};
 use zerocopy::FromBytes;
 
@@ -29,7 +30,12 @@ impl VhdxLayer {
                 "the parent's logical sector size differs from the child's",
             ));
         }
-        let item = parent_locator(&ParentInfo::new(p.data_write_guid(), parent.recorded, parent.absolute));
+        let item = parent_locator(&ParentInfo::new(
+            p.data_write_guid(),
+            parent.recorded,
+            parent.absolute,
+            parent.child,
+        ));
         let region = self.regions.metadata;
         let mut table = vec![0u8; METADATA_TABLE_SIZE];
         self.file

@@ -4,7 +4,8 @@
 
 use crate::bat;
 use crate::format::*;
-use crate::layer::{LogState, VhdxLayer, lock, read_lock};
+use crate::layer::{LogState, VhdxLayer};
+use disk_core::sync::{lock, read_lock};
 use disk_core::{CheckReport, Findings, Format, InfoValue, IoResultExt, Layer, LayerInfo, Repair, Result};
 
 /// What `vdisk info` shows for a VHDX.

@@ -21,9 +21,10 @@
 
 use crate::format::*;
 use crate::geometry::Geometry;
-use crate::layer::{MAX_BAT_BYTES, VhdxLayer, WriteState, lock, read_lock, write_lock};
+use crate::layer::{MAX_BAT_BYTES, VhdxLayer, WriteState};
 use crate::parse::checksum_with_zero_field;
 use crate::write::{MAX_FILE_SIZE, Txn, forget_past};
+use disk_core::sync::{lock, read_lock, write_lock};
 use disk_core::{Error, IoResultExt, Result, SpaceKind};
 use zerocopy::FromBytes;
 

@@ -83,6 +83,8 @@ fn child_reads_parent_and_own_sectors() {
     assert_eq!(common::read_all(&c), expected, "after reopening");
     let info = c.info();
     assert_eq!(info.backing_filename.as_deref(), Some("parent.vhdx"));
+    // relative_path as Hyper-V writes it (disk_core::relative_locator), shown as named.
+    assert_eq!(c.top().parent().unwrap().locators[0], ".\\parent.vhdx");
     assert_eq!(
         c.top().check(disk_core::Repair::None).unwrap().corruptions,
         disk_core::Findings::new()
