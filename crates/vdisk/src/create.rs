@@ -1,10 +1,8 @@
 //! Creating images of any format.
 
 use crate::{Format, Image, OpenOptions, driver, open};
-use disk_core::{
-    BackingSpec, CreateSpec, DenyExternal, Error, FileCreator, FileStorage, Options, Resolver, Result, Storage,
-    recorded_to_path,
-};
+use disk_core::files::{Overwrite, SiblingFiles, temp_beside};
+use disk_core::{BackingSpec, CreateSpec, DenyExternal, Error, Options, Resolver, Result, recorded_to_path};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -47,63 +45,11 @@ impl CreateOptions {
     }
 }
 
-/// Creates extra files (VMDK extents) beside the image being created.
-struct SiblingFiles {
-    dir: PathBuf,
-    created: std::sync::Mutex<Vec<PathBuf>>,
-}
-
-impl FileCreator for SiblingFiles {
-    fn create_file(&self, name: &str) -> Result<Arc<dyn Storage>> {
-        if name.contains(['/', '\\']) || name == ".." || name.is_empty() {
-            return Err(Error::invalid_argument(format!(
-                "extra file name '{name}' must be a plain file name"
-            )));
-        }
-        let path = self.dir.join(name);
-        let storage = create_fresh(&path).map_err(|e| Error::io(e, "creating file").with_file(&path))?;
-        self.created.lock().unwrap_or_else(|e| e.into_inner()).push(path);
-        Ok(Arc::new(storage))
-    }
-}
-
-/// Create a new, empty file at `path`, replacing whatever name was there (a stale temporary file,
-/// an old extent) without writing through it: a symbolic link or hard link left at that name
-/// (say, by another user of a shared directory) is unlinked, never followed, and the new file is
-/// created exclusively, so a link raced in between makes the create fail instead.
-fn create_fresh(path: &Path) -> std::io::Result<FileStorage> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    FileStorage::create(path, false)
-}
-
-/// The directory holding `path` (`.` for a bare file name).
-pub(crate) fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// A hidden temporary name beside `path` (`.NAME.vdisk-PURPOSE-PID`): renaming it over `path`
-/// later is atomic because both are in one directory.
-pub(crate) fn temp_beside(path: &Path, purpose: &str) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    parent_dir(path).join(format!(".{name}.vdisk-{purpose}-{}", std::process::id()))
-}
-
 /// Create a new image at `path`, replacing any file there only once the new image is complete
 /// (it is written to a temporary name and renamed), so a failed create leaves an existing file
 /// untouched.
 pub fn create(path: impl AsRef<Path>, options: &CreateOptions) -> Result<()> {
     let path = path.as_ref();
-    let dir = parent_dir(path);
     if path.file_name().is_none() {
         return Err(Error::invalid_argument("the image path has no file name"));
     }
@@ -138,12 +84,12 @@ pub fn create(path: impl AsRef<Path>, options: &CreateOptions) -> Result<()> {
         });
 
     let temp = temp_beside(path, "tmp");
-    let files = SiblingFiles {
-        dir: dir.clone(),
-        created: Default::default(),
-    };
+    // A stale temporary file or an old extent at one of the names is replaced, never written
+    // through (see `Overwrite::Replace`).
+    let files = SiblingFiles::beside(path, Overwrite::Replace);
     let result = (|| {
-        let storage = create_fresh(&temp).map_err(|e| Error::io(e, "creating image").with_file(&temp))?;
+        let storage = disk_core::files::create(&temp, Overwrite::Replace)
+            .map_err(|e| Error::io(e, "creating image").with_file(&temp))?;
         let spec = CreateSpec {
             size,
             options: options.options.clone(),
@@ -156,9 +102,7 @@ pub fn create(path: impl AsRef<Path>, options: &CreateOptions) -> Result<()> {
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&temp);
-        for extra in files.created.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = std::fs::remove_file(extra);
-        }
+        files.remove_created();
     }
     result.map_err(|e| e.with_file(path))
 }

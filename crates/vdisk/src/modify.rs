@@ -1,11 +1,11 @@
 //! Changing images in place: resize, commit, rebase, flatten, with files found and opened the
 //! way [`open`] does.
 
-use crate::create::{parent_dir, temp_beside};
 use crate::{ConvertOptions, Disk, Format, Image, OpenOptions, convert, driver, open};
+use disk_core::files::{Overwrite, SiblingFiles, parent_dir, temp_beside};
 use disk_core::ops::{Moved, commit_data, rebase_data};
 use disk_core::{Error, ErrorKind, FileStorage, NewParent, Options, Result, ResultExt, recorded_to_path};
-use disk_resize::{ResizeOptions, Resized, SiblingFiles, SizeChange};
+use disk_resize::{ResizeOptions, Resized, SizeChange};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -82,7 +82,7 @@ fn resize_opened(
     };
     if planned.new_size != planned.old_size {
         layer
-            .resize(planned.new_size, &SiblingFiles::beside(at))
+            .resize(planned.new_size, &SiblingFiles::beside(at, Overwrite::Never))
             .with_file(at)?;
     }
     Ok((planned, before))
