@@ -240,7 +240,8 @@ fn create_sparse(
     if let Some(link) = &link {
         header.parent_unique_id = link.id;
         header.parent_timestamp.set(link.timestamp);
-        (locator_data, next) = parent::record_parent(&mut header, link.recorded, link.absolute, link.child, next)?;
+        let data = parent::record_parent(&mut header, link.recorded, link.absolute, link.child, next)?;
+        (locator_data, next) = (data.pieces, data.end);
     }
     header::seal(&mut header);
     let footer: Footer = footer::build(disk_type, size, chs, Some(header_offset));

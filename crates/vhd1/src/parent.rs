@@ -38,16 +38,15 @@ pub fn unicode_name(header: &DynamicHeader) -> String {
 /// Record a parent in `header`, replacing its "Parent Unicode Name" and parent locators: the
 /// name the user gave (`recorded`), a W2ku locator with the parent's host path `absolute` and a
 /// W2ru locator with its path relative to the child at `child` ([`disk_core::relative_locator`]).
-/// The locators' data is laid out from file offset `at`, each in whole sectors; returns it with
-/// its offsets (zero padded to the space recorded) and the offset just past it. The unique id
-/// and timestamp are the caller's.
+/// The locators' data is laid out from file offset `at`, each in whole sectors (see
+/// [`LocatorData`]). The unique id and timestamp are the caller's.
 pub(crate) fn record_parent(
     header: &mut DynamicHeader,
     recorded: &str,
     absolute: Option<&Path>,
     child: Option<&Path>,
     at: u64,
-) -> Result<(Vec<(u64, Vec<u8>)>, u64)> {
+) -> Result<LocatorData> {
     let name = utf16::encode(recorded, Endian::Big);
     header.parent_unicode_name = [0; 512];
     let n = name.len().min(header.parent_unicode_name.len());
@@ -81,7 +80,18 @@ pub(crate) fn record_parent(
         data.push((next, bytes));
         next = next.saturating_add(space);
     }
-    Ok((data, next))
+    Ok(LocatorData {
+        pieces: data,
+        end: next,
+    })
+}
+
+/// The parent locators' data [`record_parent`] laid out, for the caller to write.
+pub(crate) struct LocatorData {
+    /// Each locator's data with its file offset, zero padded to the space it records.
+    pub pieces: Vec<(u64, Vec<u8>)>,
+    /// The offset just past the last one.
+    pub end: u64,
 }
 
 /// Decode every used locator entry, reading its data (bounded by `file_len`).

@@ -393,18 +393,19 @@ impl VhdLayer {
         );
         // The new header first, then its locators, all past the current end.
         let header_at = state.free;
-        let (locators, free) = crate::parent::record_parent(
+        let locators = crate::parent::record_parent(
             &mut hdr,
             parent.recorded,
             parent.absolute,
             parent.child,
             header_at + crate::format::HEADER_SIZE,
         )?;
-        for (at, data) in &locators {
+        for (at, data) in &locators.pieces {
             self.storage
                 .write_at(data, *at)
                 .io_context("writing a parent locator", *at)?;
         }
+        let free = locators.end;
         header::seal(&mut hdr);
         self.storage
             .write_at(hdr.as_bytes(), header_at)
