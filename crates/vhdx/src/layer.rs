@@ -57,6 +57,16 @@ pub(crate) struct WriteState {
     pub pending: crate::write::Txn,
 }
 
+impl WriteState {
+    /// Where the space the file uses ends, rounded up to 1 MiB: past everything the space map
+    /// records (the header section, log, regions, stored blocks and sector bitmaps, and the
+    /// space blocks that are not stored still name). A file longer than this has an unused
+    /// tail, which `check -r leaks` and a shrink cut ([`VhdxLayer::truncate_unused`]).
+    pub(crate) fn used_end(&self) -> u64 {
+        self.space.used_end().checked_next_multiple_of(MIB).unwrap_or(u64::MAX)
+    }
+}
+
 /// One open VHDX image: a [`Layer`] of a chain.
 pub struct VhdxLayer {
     /// The file itself.

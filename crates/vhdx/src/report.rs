@@ -128,19 +128,14 @@ pub(crate) fn check(l: &VhdxLayer, repair: Repair) -> Result<CheckReport> {
     }
     let bat = read_lock(&l.bat);
     let allocated = (0..g.data_blocks)
-        .filter(|&b| {
-            matches!(
-                bat_state(bat[g.payload_index(b)]),
-                payload::FULLY_PRESENT | payload::PARTIALLY_PRESENT
-            )
-        })
+        .filter(|&b| payload::STORED.contains(&bat_state(bat[g.payload_index(b)])))
         .count() as u64;
     drop(bat);
-    let (end, gaps) = {
+    let (end, keep, gaps) = {
         let st = lock(&l.state);
-        let end = st.space.used_end();
-        let keep = end.checked_next_multiple_of(MIB).unwrap_or(u64::MAX);
-        (end, st.space.gaps(HEADER_SECTION_SIZE, keep).collect::<Vec<_>>())
+        let keep = st.used_end();
+        let gaps = st.space.gaps(HEADER_SECTION_SIZE, keep).collect::<Vec<_>>();
+        (st.space.used_end(), keep, gaps)
     };
     let file_len = l.io.len().io_context("reading the file size", 0)?;
     for (at, len) in leaked_data(l, &gaps, file_len)? {
@@ -150,7 +145,6 @@ pub(crate) fn check(l: &VhdxLayer, repair: Repair) -> Result<CheckReport> {
     }
     // Less than 1 MiB of tail is padding (some tools leave a sector); more is a leaked block,
     // e.g. one whose data was written before a crash prevented its BAT update.
-    let keep = end.checked_next_multiple_of(MIB).unwrap_or(u64::MAX);
     if file_len >= keep.saturating_add(MIB) {
         let what = format!(
             "{} bytes after the last used block are not referenced",

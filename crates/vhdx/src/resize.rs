@@ -14,7 +14,7 @@
 //! - **Shrink**: one log entry records the new size together with clearing the BAT entries past
 //!   the new end (atomic); then the tail of the new last block is zeroed, the dropped blocks'
 //!   space released, and, once the log is empty again, the file is cut after its last used
-//!   structure.
+//!   structure ([`WriteState::used_end`], as `check` finds it).
 //!
 //! A crash therefore leaves the old size with the old data or the new size with the data of the
 //! common prefix.
@@ -23,7 +23,7 @@ use crate::format::*;
 use crate::geometry::Geometry;
 use crate::layer::{MAX_BAT_BYTES, VhdxLayer, WriteState};
 use crate::parse::checksum_with_zero_field;
-use crate::write::{MAX_FILE_SIZE, Txn, forget_past};
+use crate::write::{MAX_FILE_SIZE, Txn};
 use disk_core::sync::{lock, read_lock, write_lock};
 use disk_core::{Error, IoResultExt, Result, SpaceKind};
 use zerocopy::FromBytes;
@@ -40,7 +40,7 @@ impl VhdxLayer {
     fn zero_block_tail(&self, block: u64, from: u64) -> Result<()> {
         let g = &self.geo;
         let e = read_lock(&self.bat)[g.payload_index(block)];
-        if from < g.block_size && matches!(bat_state(e), payload::FULLY_PRESENT | payload::PARTIALLY_PRESENT) {
+        if from < g.block_size && payload::STORED.contains(&bat_state(e)) {
             let at = bat_offset(e) + from;
             self.file
                 .punch_hole(at, g.block_size - from)
@@ -134,22 +134,34 @@ impl VhdxLayer {
                 let e = self.entry(&txn, i);
                 if e != 0 {
                     txn.bat.insert(i, 0);
-                    if matches!(bat_state(e), payload::FULLY_PRESENT | payload::PARTIALLY_PRESENT) {
+                    if payload::STORED.contains(&bat_state(e)) {
                         txn.release.push(bat_offset(e));
                     }
                 }
             }
+            let mut dropped_bitmaps = Vec::new();
             if old.has_parent {
                 // Sector bitmap blocks of chunks wholly past the new end are dropped too (their
                 // space is not reused: it is cut below when it lies at the end of the file).
                 for chunk in new.bitmap_blocks..old.bitmap_blocks {
                     let i = old.bitmap_index(chunk);
-                    if i < old.total_entries as usize && self.entry(&txn, i) != 0 {
+                    let e = if i < old.total_entries as usize {
+                        self.entry(&txn, i)
+                    } else {
+                        0
+                    };
+                    if e != 0 {
                         txn.bat.insert(i, 0);
+                        if bat_state(e) == bitmap::PRESENT {
+                            dropped_bitmaps.push(bat_offset(e));
+                        }
                     }
                 }
             }
             self.commit(&mut st, txn)?;
+            for off in dropped_bitmaps {
+                st.space.release(off, MIB);
+            }
             let last = new.data_blocks - 1;
             self.zero_block_tail(last, new.block_bytes(last))?;
             self.file.flush().io_context("flushing", 0)?;
@@ -157,48 +169,11 @@ impl VhdxLayer {
         if !st.header.log_guid.is_nil() {
             self.update_header(&mut st, |h| h.log_guid = disk_core::guid::MsGuid::NIL)?;
         }
-        if new_size < old.virtual_size {
-            // The log is empty now, so no replay can ask for the old file length back.
-            self.cut_unused_tail(&mut st)?;
-        }
-        Ok(())
-    }
-
-    /// The end of the last structure the file uses (header section, regions, log, and every
-    /// block a BAT entry points at), rounded up to 1 MiB.
-    fn used_end(&self, st: &WriteState) -> u64 {
-        let g = &self.geo;
-        let mut end = HEADER_SECTION_SIZE;
-        for r in [self.regions.bat, self.regions.metadata] {
-            end = end.max(r.offset.saturating_add(r.length));
-        }
-        let log_len = u64::from(st.header.log_length.get());
-        if log_len > 0 {
-            end = end.max(st.header.log_offset.get().saturating_add(log_len));
-        }
-        for (i, &e) in read_lock(&self.bat).iter().enumerate() {
-            let is_bitmap = (i as u64 + 1).is_multiple_of(g.chunk_ratio + 1);
-            let stored = if is_bitmap {
-                bat_state(e) == bitmap::PRESENT
-            } else {
-                matches!(bat_state(e), payload::FULLY_PRESENT | payload::PARTIALLY_PRESENT)
-            };
-            if stored {
-                let size = if is_bitmap { MIB } else { g.block_size };
-                end = end.max(bat_offset(e).saturating_add(size));
-            }
-        }
-        end.div_ceil(MIB).saturating_mul(MIB)
-    }
-
-    /// Cut the file after its last used structure when space past it was freed (a shrink).
-    fn cut_unused_tail(&self, st: &mut WriteState) -> Result<()> {
-        let end = self.used_end(st);
-        let len = self.file.len().io_context("reading the file size", 0)?;
-        if len > end {
-            self.file.set_len(end).io_context("cutting unused space", end)?;
-            self.file.flush().io_context("flushing", end)?;
-            forget_past(st, end, self.geo.block_size);
+        let end = st.used_end();
+        drop(st);
+        // The log is empty now, so no replay can ask for the old file length back.
+        if new_size < old.virtual_size && self.file.len().io_context("reading the file size", 0)? > end {
+            self.truncate_unused(end)?;
         }
         Ok(())
     }

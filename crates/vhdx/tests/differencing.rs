@@ -322,3 +322,40 @@ fn rebase_records_the_new_parent_and_linkage() {
     assert!(c.top().check(disk_core::Repair::None).unwrap().is_clean());
     assert_eq!(data_guid(&child), before, "the child's own children still match it");
 }
+
+#[test]
+fn shrinking_a_child_gives_back_dropped_sector_bitmaps() {
+    // With 1 MiB blocks one sector bitmap block covers 4 GiB: the second chunk's is dropped.
+    let size = 6 << 30;
+    let parent = Arc::new(MemStorage::new());
+    create_in(&*parent, size, "block_size=1M", None, None).unwrap();
+    let child = Arc::new(MemStorage::new());
+    create_child(&*child, &parent, size, "block_size=1M").unwrap();
+    let kept = {
+        let c = open_chain(child.clone(), &parent, true).unwrap();
+        let kept = fill(&c, 4096, 4096, 1);
+        fill(&c, (5 << 30) + 4096, 4096, 2);
+        c.flush().unwrap();
+        kept
+    };
+    let before = child.len().unwrap();
+    open_layer(child.clone(), true)
+        .unwrap()
+        .resize(1 << 30, &disk_core::NoExtraFiles)
+        .unwrap();
+    let after = child.len().unwrap();
+    assert!(
+        after + 2 * MIB <= before,
+        "the dropped block and bitmap are cut: {before} -> {after}"
+    );
+    let r = open_layer(child.clone(), false)
+        .unwrap()
+        .check(disk_core::Repair::None)
+        .unwrap();
+    assert!(r.leaks.is_empty() && r.corruptions.is_empty(), "{r:?}");
+    assert_eq!(r.image_end_offset, Some(after), "the file ends at its last structure");
+    let c = open_chain(child.clone(), &parent, false).unwrap();
+    let mut buf = vec![0u8; 4096];
+    c.read(8, &mut buf).unwrap();
+    assert_eq!(buf, kept);
+}
