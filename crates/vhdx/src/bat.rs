@@ -16,7 +16,7 @@ use zerocopy::IntoBytes;
 
 /// State written into the in-memory copy of a BAT entry found unusable on open: reads of its
 /// block fail (the value is a reserved state, never written to the file).
-pub(crate) const INVALID_ENTRY: u64 = 4;
+pub(crate) const INVALID_ENTRY: u64 = payload::RESERVED[0] as u64;
 
 /// Read the `entries` BAT entries at `offset` (bounded by the file, one buffer).
 pub(crate) fn read_bat(io: &dyn Storage, file_len: u64, offset: u64, entries: u64) -> Result<Vec<u64>> {

@@ -212,6 +212,8 @@ pub mod payload {
     pub const FULLY_PRESENT: u8 = 6;
     /// `PAYLOAD_BLOCK_PARTIALLY_PRESENT`: the sector bitmap says which sectors are stored.
     pub const PARTIALLY_PRESENT: u8 = 7;
+    /// The states of a block stored in the file at `FileOffsetMB`.
+    pub const STORED: [u8; 2] = [FULLY_PRESENT, PARTIALLY_PRESENT];
 }
 
 /// BAT entry state bits of a sector bitmap block.

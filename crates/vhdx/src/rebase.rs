@@ -7,7 +7,7 @@ use crate::layer::VhdxLayer;
 use crate::write::Txn;
 use disk_core::sync::lock;
 use disk_core::{Error, IoResultExt, NewParent, Result};
-use zerocopy::FromBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 impl VhdxLayer {
     /// Point this differencing image at `parent` (see the module docs). The handle is stale
@@ -68,10 +68,13 @@ impl VhdxLayer {
         }
         let mut txn = Txn::default();
         txn.patches.push((region.offset + offset, item));
-        let mut entry = Vec::with_capacity(8);
-        entry.extend_from_slice(&(offset as u32).to_le_bytes());
-        entry.extend_from_slice(&(new_len as u32).to_le_bytes());
-        txn.patches.push((region.offset + 32 + 32 * index as u64 + 16, entry));
+        // Both fit in u32: the item lies inside the first 16 MiB of the region (checked above).
+        let mut entry = *old;
+        entry.offset.set(offset as u32);
+        entry.length.set(new_len as u32);
+        let entry_at = size_of::<MetadataTableHeader>() + index * size_of::<MetadataTableEntry>();
+        txn.patches
+            .push((region.offset + entry_at as u64, entry.as_bytes().to_vec()));
         let mut st = lock(&self.state);
         if !st.session_started {
             // The guest-visible data stays the same: a new FileWriteGuid only, so that children
