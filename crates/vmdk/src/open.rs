@@ -26,6 +26,32 @@ fn file_len(storage: &dyn Storage) -> Result<u64> {
     storage.len().io_context("reading the file size", 0)
 }
 
+/// The kinds of sparse extent file, told apart by the magic their header starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SparseKind {
+    /// A hosted sparse extent ([`SparseExtentHeader`], `KDMV`).
+    Kdmv,
+    /// An ESX vmfsSparse extent ([`CowdHeader`], `COWD`).
+    Cowd,
+    /// An ESX seSparse extent ([`SeSparseConstHeader`]).
+    SeSparse,
+}
+
+impl SparseKind {
+    /// The kind of sparse extent a file starting with `head` is (`None`: not a sparse extent).
+    pub(crate) fn of(head: &[u8]) -> Option<SparseKind> {
+        if head.starts_with(&format::SPARSE_MAGIC.to_le_bytes()) {
+            Some(SparseKind::Kdmv)
+        } else if head.starts_with(&format::COWD_MAGIC.to_le_bytes()) {
+            Some(SparseKind::Cowd)
+        } else if head.starts_with(&format::SESPARSE_MAGIC.to_le_bytes()) {
+            Some(SparseKind::SeSparse)
+        } else {
+            None
+        }
+    }
+}
+
 /// A sparse extent file's extent and, for KDMV, the embedded descriptor bytes.
 pub(crate) struct OpenedSparse {
     pub extent: SparseExtent,
@@ -40,17 +66,13 @@ pub(crate) fn open_sparse(storage: Arc<dyn Storage>) -> Result<OpenedSparse> {
     }
     let mut magic = [0u8; 8];
     storage.read_at(&mut magic, 0).io_context("reading the magic", 0)?;
-    let m32 = u32::from_le_bytes([magic[0], magic[1], magic[2], magic[3]]);
-    if m32 == format::SPARSE_MAGIC {
-        open_kdmv(storage, len)
-    } else if m32 == format::COWD_MAGIC {
-        open_cowd(storage, len)
-    } else if u64::from_le_bytes(magic) == format::SESPARSE_MAGIC {
-        open_sesparse(storage, len)
-    } else {
-        Err(Error::corrupt(
+    match SparseKind::of(&magic) {
+        Some(SparseKind::Kdmv) => open_kdmv(storage, len),
+        Some(SparseKind::Cowd) => open_cowd(storage, len),
+        Some(SparseKind::SeSparse) => open_sesparse(storage, len),
+        None => Err(Error::corrupt(
             "extent is not a sparse VMDK extent (no KDMV, COWD or seSparse magic)",
-        ))
+        )),
     }
 }
 
@@ -63,10 +85,11 @@ fn open_kdmv(storage: Arc<dyn Storage>, len: u64) -> Result<OpenedSparse> {
     let mut h = header;
     let mut reserved = vec![(0, SECTOR, SpaceKind::Header)];
     if h.gd_offset.get() == format::GD_AT_END {
-        if len < 1536 + SECTOR {
+        const FOOTER_LEN: u64 = size_of::<StreamFooter>() as u64;
+        if len < FOOTER_LEN + SECTOR {
             return Err(Error::corrupt("stream-optimized extent is too short for a footer").in_structure("footer"));
         }
-        let at = len.saturating_sub(1536);
+        let at = len.saturating_sub(FOOTER_LEN);
         let footer: StreamFooter = read_struct(&*storage, at, "footer")?;
         if footer.footer_marker.marker_type.get() != format::MARKER_FOOTER
             || footer.footer.magic_number.get() != format::SPARSE_MAGIC
@@ -79,7 +102,7 @@ fn open_kdmv(storage: Arc<dyn Storage>, len: u64) -> Result<OpenedSparse> {
             );
         }
         h = footer.footer;
-        reserved.push((at, 1536, SpaceKind::Footer));
+        reserved.push((at, FOOTER_LEN, SpaceKind::Footer));
         if h.gd_offset.get() == format::GD_AT_END {
             return Err(Error::corrupt("footer has no grain directory offset").in_structure("footer"));
         }
@@ -277,10 +300,8 @@ pub(crate) fn open_layer(storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Re
     let mut magic = [0u8; 8];
     let n = len.min(8) as usize;
     storage.read_at(&mut magic[..n], 0).io_context("reading the magic", 0)?;
-    let m32 = u32::from_le_bytes([magic[0], magic[1], magic[2], magic[3]]);
-    let is_sparse =
-        m32 == format::SPARSE_MAGIC || m32 == format::COWD_MAGIC || u64::from_le_bytes(magic) == format::SESPARSE_MAGIC;
-    if is_sparse {
+    // A file shorter than the magic reads as zero-padded (and is then refused as truncated).
+    if SparseKind::of(&magic).is_some() {
         let opened = open_sparse(storage.clone())?;
         let capacity = opened.extent.capacity;
         let (descriptor, home) = match &opened.descriptor {

@@ -1,6 +1,6 @@
 //! Recognising a VMDK: a sparse extent's magic (KDMV, COWD, seSparse) or a text descriptor.
 
-use crate::format::{COWD_MAGIC, SESPARSE_MAGIC, SPARSE_MAGIC};
+use crate::open::SparseKind;
 use disk_core::{Storage, probe_head};
 use std::io;
 
@@ -10,10 +10,7 @@ const HEAD: usize = 4096;
 /// Whether `storage` starts with a sparse, COWD or seSparse magic or is a text descriptor.
 pub(crate) fn probe(storage: &dyn Storage) -> io::Result<bool> {
     let head = probe_head(storage, HEAD)?;
-    Ok(head.starts_with(&SPARSE_MAGIC.to_le_bytes())
-        || head.starts_with(&COWD_MAGIC.to_le_bytes())
-        || head.starts_with(&SESPARSE_MAGIC.to_le_bytes())
-        || is_descriptor(&head))
+    Ok(SparseKind::of(&head).is_some() || is_descriptor(&head))
 }
 
 /// A standalone VMDK descriptor: text (no NUL bytes before its end) with a `createType` line

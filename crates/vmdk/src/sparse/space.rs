@@ -15,12 +15,12 @@
 #![warn(clippy::arithmetic_side_effects)]
 
 use super::{Flavor, GrainLoc, SparseExtent};
-use crate::format::{self, SECTOR, SparseExtentHeader};
+use crate::format::{self, GrainMarker, SECTOR, SparseExtentHeader};
 use disk_core::sync::{lock, read_lock, write_lock};
 use disk_core::{Conflict, Error, Findings, IoResultExt, Repair, Result, SpaceKind, SpaceMap, SpaceRange};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 /// Entries found unusable when the extent's file was mapped. Memory is bounded by the file:
 /// tables are sets of directory indexes (the directory is in the file), grains are one bit per
@@ -245,17 +245,18 @@ impl SparseExtent {
         let Flavor::Kdmv { markers: true, .. } = self.flavor else {
             return Ok(SECTOR);
         };
-        let mut m = [0u8; 12];
+        let mut marker = GrainMarker::new_zeroed();
         let bad_size = past_end(o, SECTOR, SpaceKind::Data, space.file_len());
-        if self.storage.read_at(&mut m, o).is_err() {
+        if self.storage.read_at(marker.as_mut_bytes(), o).is_err() {
             return Err(bad_size);
         }
-        let size = u64::from(u32::from_le_bytes([m[8], m[9], m[10], m[11]]));
+        let size = u64::from(marker.size.get());
         let limit = self.grain_bytes().saturating_mul(2).saturating_add(4096);
         if size == 0 || size > limit {
             return Err(bad_size);
         }
-        Ok(size.saturating_add(12).div_ceil(SECTOR).saturating_mul(SECTOR))
+        let marker_len = size_of::<GrainMarker>() as u64;
+        Ok(size.saturating_add(marker_len).div_ceil(SECTOR).saturating_mul(SECTOR))
     }
 
     /// Take the results of [`SparseExtent::map_space`] as the extent's state.
