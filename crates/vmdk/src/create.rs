@@ -62,10 +62,15 @@ impl Subformat {
 
 /// A new random CID.
 pub(crate) fn new_cid() -> u32 {
+    new_cid_other_than(NO_PARENT_CID)
+}
+
+/// A new random CID, neither `old` nor [`NO_PARENT_CID`].
+pub(crate) fn new_cid_other_than(old: u32) -> u32 {
     loop {
-        let b = uuid::Uuid::new_v4().into_bytes();
-        let cid = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        if cid != NO_PARENT_CID {
+        let [a, b, c, d, ..] = uuid::Uuid::new_v4().into_bytes();
+        let cid = u32::from_le_bytes([a, b, c, d]);
+        if cid != NO_PARENT_CID && cid != old {
             return cid;
         }
     }

@@ -186,11 +186,7 @@ impl VmdkLayer {
             return Ok(());
         };
         let old = self.cid();
-        let mut new = old;
-        while new == old || new == NO_PARENT_CID {
-            let b = uuid::Uuid::new_v4().into_bytes();
-            new = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
+        let new = crate::create::new_cid_other_than(old);
         desc.set_cid(new);
         write_descriptor(&self.home, desc)?;
         self.cid.store(new, Ordering::Release);
