@@ -44,6 +44,7 @@
 //! [`Layer::map_for_write`]: crate::Layer::map_for_write
 
 use crate::error::Result;
+use crate::sync::{lock, read_lock, write_lock};
 use std::collections::HashSet;
 use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -219,13 +220,13 @@ impl IoGate {
     /// Share the gate for one mapped I/O. Hold at most one pin per thread at a time.
     pub fn pin(&self) -> Pin<'_> {
         Pin {
-            _held: Some(self.0.read().unwrap_or_else(|e| e.into_inner())),
+            _held: Some(read_lock(&self.0)),
         }
     }
 
     /// Wait until no pinned I/O is in flight and keep new ones out until the guard is dropped.
     pub fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
-        self.0.write().unwrap_or_else(|e| e.into_inner())
+        write_lock(&self.0)
     }
 }
 
@@ -259,7 +260,7 @@ impl Claims {
     /// Claim unit `key`, waiting while another writer holds it. The caller re-reads the unit's
     /// metadata afterwards: the previous holder may have allocated it.
     pub fn claim(&self, key: u64) -> Claim<'_> {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = lock(&self.held);
         while held.contains(&key) {
             held = self.released.wait(held).unwrap_or_else(|e| e.into_inner());
         }
@@ -277,7 +278,7 @@ pub struct Claim<'a> {
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        let mut held = self.claims.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = lock(&self.claims.held);
         held.remove(&self.key);
         drop(held);
         self.claims.released.notify_all();

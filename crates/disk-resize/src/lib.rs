@@ -34,7 +34,7 @@ mod size;
 
 pub use disk_core::{MeasureSource, Measurement};
 pub use measure::{fitting_size, measure};
-pub use resize::{ResizeOptions, Resized, SiblingFiles, plan, resize_layer, resize_storage, smallest_safe_size};
+pub use resize::{ResizeOptions, Resized, plan, resize_layer, resize_storage, smallest_safe_size};
 pub use size::SizeChange;
 
 #[cfg(test)]

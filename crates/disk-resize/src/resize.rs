@@ -2,8 +2,8 @@
 //! [`Layer::resize`].
 
 use crate::SizeChange;
-use disk_core::{Allocation, Driver, Error, FileCreator, FileStorage, Format, Layer, OpenOptions, Result, Storage};
-use std::path::{Path, PathBuf};
+use disk_core::{Allocation, Driver, Error, FileCreator, Format, Layer, OpenOptions, Result, Storage};
+use std::path::Path;
 use std::sync::Arc;
 
 /// How a resize may change an image.
@@ -131,33 +131,4 @@ pub fn resize_storage(
 ) -> Result<Resized> {
     let layer = driver.open(storage, &open.context(path, true))?;
     resize_layer(layer, change, options, files)
-}
-
-/// Creates new files in the directory of an image (never replacing an existing file).
-#[derive(Debug, Clone)]
-pub struct SiblingFiles {
-    dir: PathBuf,
-}
-
-impl SiblingFiles {
-    /// Files beside the image at `image`.
-    pub fn beside(image: &Path) -> Self {
-        let dir = match image.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        SiblingFiles { dir }
-    }
-}
-
-impl FileCreator for SiblingFiles {
-    fn create_file(&self, name: &str) -> Result<Arc<dyn Storage>> {
-        if name.is_empty() || name.contains(['/', '\\']) || name == ".." {
-            return Err(Error::invalid_argument(format!("'{name}' is not a plain file name")));
-        }
-        let path = self.dir.join(name);
-        let storage =
-            FileStorage::create(&path, false).map_err(|e| Error::io(e, "creating a file").with_file(&path))?;
-        Ok(Arc::new(storage))
-    }
 }

@@ -72,7 +72,7 @@ mod exec {
                             loop {
                                 // The queue lock is held only while taking a job, not while
                                 // running it.
-                                let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                                let job = vdisk::disk_core::sync::lock(&jobs).recv();
                                 match job {
                                     Ok(job) => job(),
                                     Err(mpsc::RecvError) => break, // the pool was dropped
@@ -99,7 +99,7 @@ mod exec {
             let run: Job = Box::new(move || {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 let waker = {
-                    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut slot = vdisk::disk_core::sync::lock(&slot);
                     slot.result = Some(result);
                     slot.waker.take()
                 };
@@ -140,7 +140,7 @@ mod exec {
         type Output = T;
 
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-            let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slot = vdisk::disk_core::sync::lock(&self.0);
             match slot.result.take() {
                 Some(Ok(value)) => Poll::Ready(value),
                 Some(Err(panic)) => std::panic::resume_unwind(panic),

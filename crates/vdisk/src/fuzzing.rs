@@ -102,7 +102,7 @@ impl PoolResolver {
 
 impl Resolver for PoolResolver {
     fn open(&self, request: &FileRequest<'_>) -> crate::Result<Opened> {
-        let mut given = self.given.lock().unwrap_or_else(|e| e.into_inner());
+        let mut given = disk_core::sync::lock(&self.given);
         let next = given.len();
         let index = *given.entry(request.recorded.to_string()).or_insert(next);
         match self.pool.get(index) {

@@ -115,8 +115,7 @@ impl std::fmt::Debug for VhdxLayer {
     }
 }
 
-// `write.rs` still takes the lock helpers from here; everything else imports `disk_core::sync`.
-pub(crate) use disk_core::sync::{lock, read_lock, write_lock};
+use disk_core::sync::{lock, read_lock, write_lock};
 
 fn parent_ref(loc: &parse::ParentLocator) -> ParentRef {
     let locators: Vec<String> = ["relative_path", "absolute_win32_path", "volume_path"]

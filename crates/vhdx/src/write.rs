@@ -3,11 +3,12 @@
 
 use crate::bat::INVALID_ENTRY;
 use crate::format::*;
-use crate::layer::{VhdxLayer, WriteState, lock, read_lock, write_lock};
+use crate::layer::{VhdxLayer, WriteState};
 use crate::log::{EntryParams, build_entry, entry_len};
 use crate::parse::{header_bytes, header_offset};
 use disk_core::guid::{MsGuid, new_uuid};
 use disk_core::mapping::{Completion, WriteRun, WriteTarget};
+use disk_core::sync::{lock, read_lock, write_lock};
 use disk_core::{Error, ErrorKind, IoResultExt, Result, SpaceKind};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -390,7 +391,7 @@ impl VhdxLayer {
         }
         let claim = self.claims.claim(block);
         let e = read_lock(&self.bat)[i];
-        if matches!(bat_state(e), payload::FULLY_PRESENT | payload::PARTIALLY_PRESENT) {
+        if payload::STORED.contains(&bat_state(e)) {
             drop(claim);
             return self.map_write(lba, count);
         }
@@ -501,7 +502,7 @@ impl VhdxLayer {
             let i = g.payload_index(p.block);
             let e = self.entry(&txn, i);
             let state = bat_state(e);
-            let stored = matches!(state, payload::FULLY_PRESENT | payload::PARTIALLY_PRESENT);
+            let stored = payload::STORED.contains(&state);
             let unstored = matches!(state, payload::NOT_PRESENT | payload::UNDEFINED | payload::UNMAPPED);
             let reads_zero = state == payload::ZERO || (!g.has_parent && unstored);
             if reads_zero {

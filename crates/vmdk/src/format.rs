@@ -34,6 +34,17 @@ pub const GD_AT_END: u64 = u64::MAX;
 /// Grain table entry meaning "zeroed grain" when [`FLAG_ZEROED_GRAIN_GTE`] is set.
 pub const GTE_ZEROED: u32 = 1;
 
+/// seSparse grain table entries keep their type in the top four bits (`SESPARSE_GRAIN_TYPE_*`).
+pub const SESPARSE_GTE_TYPE_SHIFT: u32 = 60;
+/// seSparse entry type: not allocated (the parent's data).
+pub const SESPARSE_GTE_UNALLOCATED: u64 = 0;
+/// seSparse entry type: unmapped; reads as zeros.
+pub const SESPARSE_GTE_FALLBACK: u64 = 1;
+/// seSparse entry type: zeroed.
+pub const SESPARSE_GTE_ZERO: u64 = 2;
+/// seSparse entry type: allocated; the rest of the entry is the grain index.
+pub const SESPARSE_GTE_ALLOCATED: u64 = 3;
+
 /// `SparseExtentHeader`: the first sector of a hosted sparse extent (versions 1, 2 and 3).
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
 #[repr(C)]

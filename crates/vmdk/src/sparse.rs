@@ -5,10 +5,12 @@
 
 use crate::format::{self, SECTOR};
 use disk_core::mapping::{Claims, Completion, Fill, WriteRun, WriteTarget};
+use disk_core::sync::{lock, read_lock, write_lock};
 use disk_core::{Disk, Error, IoResultExt, Result, SpaceKind, SpaceMap, Storage};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use zerocopy::{FromZeros, IntoBytes};
 
 mod resize;
 mod space;
@@ -172,7 +174,7 @@ impl SparseExtent {
 
     /// A copy of the grain directory entries.
     pub fn gd_entries(&self) -> Vec<u64> {
-        self.gd.read().unwrap_or_else(|e| e.into_inner()).clone()
+        read_lock(&self.gd).clone()
     }
 
     /// Record that the file now extends to at least `end` bytes (stream appends).
@@ -238,11 +240,11 @@ impl SparseExtent {
     /// tables ([`Self::table_writes`] moved or odd) is used but not cached, so the cache never
     /// holds an entry older than the file.
     fn table(&self, gd_index: u64) -> Result<Option<Arc<Vec<u64>>>> {
-        if let Some(t) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&gd_index) {
+        if let Some(t) = lock(&self.cache).get(&gd_index) {
             return Ok(Some(t.clone()));
         }
         let entry = {
-            let gd = self.gd.read().unwrap_or_else(|e| e.into_inner());
+            let gd = read_lock(&self.gd);
             match usize::try_from(gd_index).ok().and_then(|i| gd.get(i)) {
                 Some(&e) => e,
                 None => return Ok(None),
@@ -262,7 +264,7 @@ impl SparseExtent {
         };
         let seq = self.table_writes.load(Ordering::Acquire);
         let table = Arc::new(self.read_entries(off)?);
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = lock(&self.cache);
         if seq.is_multiple_of(2) && self.table_writes.load(Ordering::Acquire) == seq {
             if cache.len() >= self.cache_max {
                 cache.clear();
@@ -279,20 +281,18 @@ impl SparseExtent {
             .read_at(&mut raw, off)
             .io_context("reading a grain table", off)
             .map_err(|e| e.in_structure("grain table"))?;
+        let (small, _) = raw.as_chunks::<4>();
+        let (large, _) = raw.as_chunks::<8>();
         Ok(if self.entry_size == 4 {
-            raw.chunks_exact(4)
-                .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-                .collect()
+            small.iter().map(|&c| u64::from(u32::from_le_bytes(c))).collect()
         } else {
-            raw.chunks_exact(8)
-                .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                .collect()
+            large.iter().map(|&c| u64::from_le_bytes(c)).collect()
         })
     }
 
     /// The entries found unusable on open.
     fn bad_entries(&self) -> std::sync::RwLockReadGuard<'_, BadEntries> {
-        self.bad.read().unwrap_or_else(|e| e.into_inner())
+        read_lock(&self.bad)
     }
 
     /// Where grain `g` lives.
@@ -322,7 +322,7 @@ impl SparseExtent {
     pub(crate) fn lookup_span(&self, g: u64) -> Result<(GrainLoc, u64)> {
         let table_end = g - g % self.gtes + self.gtes;
         let next_pending = {
-            let pending = self.pending.read().unwrap_or_else(|e| e.into_inner());
+            let pending = read_lock(&self.pending);
             match pending.range(g..table_end).next() {
                 Some((&k, &v)) if k == g => return Ok((GrainLoc::Data(v * SECTOR), 1)),
                 Some((&k, _)) => Some(k),
@@ -359,7 +359,7 @@ impl SparseExtent {
                 compressed, zero_gte, ..
             } => match e {
                 0 => Ok(GrainLoc::Unallocated),
-                1 if zero_gte => Ok(GrainLoc::Zero),
+                e if zero_gte && e == u64::from(format::GTE_ZEROED) => Ok(GrainLoc::Zero),
                 s if compressed => Ok(GrainLoc::Compressed(sector_to_byte(s)?)),
                 s => Ok(GrainLoc::Data(sector_to_byte(s)?)),
             },
@@ -367,10 +367,10 @@ impl SparseExtent {
                 0 => Ok(GrainLoc::Unallocated),
                 s => Ok(GrainLoc::Data(sector_to_byte(s)?)),
             },
-            Flavor::SeSparse { grains_base, .. } => match e >> 60 {
-                0 if e == 0 => Ok(GrainLoc::Unallocated),
-                1 | 2 => Ok(GrainLoc::Zero),
-                3 => {
+            Flavor::SeSparse { grains_base, .. } => match e >> format::SESPARSE_GTE_TYPE_SHIFT {
+                format::SESPARSE_GTE_UNALLOCATED if e == 0 => Ok(GrainLoc::Unallocated),
+                format::SESPARSE_GTE_FALLBACK | format::SESPARSE_GTE_ZERO => Ok(GrainLoc::Zero),
+                format::SESPARSE_GTE_ALLOCATED => {
                     let index = ((e & 0x0fff_0000_0000_0000) >> 48) | ((e & 0x0000_ffff_ffff_ffff) << 12);
                     let s = index
                         .checked_mul(self.grain)
@@ -478,7 +478,7 @@ impl SparseExtent {
 
     /// Decompress the grain stored at byte `offset` (one grain is kept decompressed).
     pub fn inflate(&self, offset: u64, g: u64) -> Result<Arc<Vec<u8>>> {
-        if let Some((o, data)) = &*self.last_grain.lock().unwrap_or_else(|e| e.into_inner())
+        if let Some((o, data)) = &*lock(&self.last_grain)
             && *o == offset
         {
             return Ok(data.clone());
@@ -488,12 +488,12 @@ impl SparseExtent {
         let markers = matches!(self.flavor, Flavor::Kdmv { markers: true, .. });
         let bad = |why: String| Error::corrupt(format!("compressed grain {g}: {why}")).at_offset(offset);
         let (start, len) = if markers {
-            let mut m = [0u8; 12];
+            let mut m = format::GrainMarker::new_zeroed();
             self.storage
-                .read_at(&mut m, offset)
+                .read_at(m.as_mut_bytes(), offset)
                 .io_context("reading a grain marker", offset)?;
-            let size = u64::from(u32::from_le_bytes([m[8], m[9], m[10], m[11]]));
-            (offset.saturating_add(12), size)
+            let header = size_of::<format::GrainMarker>() as u64;
+            (offset.saturating_add(header), u64::from(m.size.get()))
         } else {
             (offset, limit.min(self.file_len().saturating_sub(offset)))
         };
@@ -509,7 +509,7 @@ impl SparseExtent {
         miniz_oxide::inflate::decompress_slice_iter_to_slice(&mut data, std::iter::once(&packed[..]), true, false)
             .map_err(|status| bad(format!("cannot inflate: {status:?}")))?;
         let data = Arc::new(data);
-        *self.last_grain.lock().unwrap_or_else(|e| e.into_inner()) = Some((offset, data.clone()));
+        *lock(&self.last_grain) = Some((offset, data.clone()));
         Ok(data)
     }
 
@@ -553,7 +553,7 @@ impl SparseExtent {
             return self.map_write(lba, count, global, file);
         }
         let off = {
-            let mut alloc = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+            let mut alloc = lock(&self.alloc);
             alloc
                 .space
                 .allocate(self.grain_bytes(), SECTOR, SpaceKind::Data, MAX_FILE_BYTES)?
@@ -586,7 +586,7 @@ impl SparseExtent {
                     return Ok(());
                 }
                 self.file_len.fetch_max(off + self.grain_bytes(), Ordering::AcqRel);
-                let mut pending = self.pending.write().unwrap_or_else(|e| e.into_inner());
+                let mut pending = write_lock(&self.pending);
                 pending.insert(g, value);
                 let too_many = pending.len() > MAX_PENDING;
                 drop(pending);
@@ -607,14 +607,8 @@ impl SparseExtent {
     // grain indexes come from in-range LBAs and table offsets from the space map.
     #[allow(clippy::arithmetic_side_effects)]
     pub fn flush_pending(&self) -> Result<()> {
-        let mut alloc = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
-        let entries: Vec<(u64, u64)> = self
-            .pending
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(&g, &v)| (g, v))
-            .collect();
+        let mut alloc = lock(&self.alloc);
+        let entries: Vec<(u64, u64)> = read_lock(&self.pending).iter().map(|(&g, &v)| (g, v)).collect();
         if entries.is_empty() {
             return Ok(());
         }
@@ -623,7 +617,7 @@ impl SparseExtent {
         let result = self.write_pending_tables(&mut alloc, &entries);
         self.table_writes.fetch_add(1, Ordering::AcqRel);
         result?;
-        let mut pending = self.pending.write().unwrap_or_else(|e| e.into_inner());
+        let mut pending = write_lock(&self.pending);
         for (g, value) in entries {
             if pending.get(&g) == Some(&value) {
                 pending.remove(&g);
@@ -653,7 +647,7 @@ impl SparseExtent {
             let group = &entries[i..j];
             i = j;
             let idx = usize::try_from(gd_index).map_err(|_| Error::corrupt("grain index overflows"))?;
-            let gd_entry = self.gd.read().unwrap_or_else(|e| e.into_inner()).get(idx).copied();
+            let gd_entry = read_lock(&self.gd).get(idx).copied();
             let Some(gd_entry) = gd_entry else {
                 return Err(
                     Error::corrupt(format!("grain {} has no grain directory entry", group[0].0))
@@ -675,12 +669,7 @@ impl SparseExtent {
                     .map_err(|_| Error::unsupported("the extent is too large for 32-bit grain table entries"))?;
                 bytes.extend_from_slice(&e.to_le_bytes());
             }
-            let rgd_entry = self
-                .rgd
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .and_then(|(r, _)| r.get(idx).copied());
+            let rgd_entry = read_lock(&self.rgd).as_ref().and_then(|(r, _)| r.get(idx).copied());
             let bad = self.bad_entries();
             let redundant_sound = !bad.redundant_dir;
             let redundant_table_sound = !bad.redundant_tables.contains(&gd_index);
@@ -711,12 +700,12 @@ impl SparseExtent {
             }
             if let Err(e) = self.storage.write_at(&buf, start) {
                 // Tables may hold some of the entries now: reads follow the file.
-                self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                lock(&self.cache).clear();
                 return Err(Error::io(e, "writing grain tables").at_offset(start));
             }
         }
         {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cache = lock(&self.cache);
             for (gd_index, table) in updated {
                 if let Some(t) = cache.get_mut(&gd_index) {
                     *t = Arc::new(table);
@@ -727,14 +716,14 @@ impl SparseExtent {
         if !linked.is_empty() {
             // New tables are complete on disk before any directory points at them.
             self.storage.flush().io_context("flushing grain tables", 0)?;
-            let mut gd = self.gd.write().unwrap_or_else(|e| e.into_inner());
+            let mut gd = write_lock(&self.gd);
             for &(idx, primary, _) in &linked {
                 gd[idx] = primary / SECTOR;
             }
             let indexes: Vec<usize> = linked.iter().map(|&(idx, _, _)| idx).collect();
             self.write_directory_spans(&gd, self.gd_offset, &indexes, "writing the grain directory")?;
             drop(gd);
-            let mut rgd = self.rgd.write().unwrap_or_else(|e| e.into_inner());
+            let mut rgd = write_lock(&self.rgd);
             if let Some((entries, rgd_off)) = rgd.as_mut() {
                 let mut indexes = Vec::new();
                 for &(idx, _, redundant) in &linked {
@@ -846,18 +835,13 @@ impl SparseExtent {
         let in_table = g % self.gtes;
         let entry = u32::try_from(value)
             .map_err(|_| Error::unsupported("the extent is too large for 32-bit grain table entries"))?;
-        let gd_entry = self.gd.read().unwrap_or_else(|e| e.into_inner()).get(idx).copied();
+        let gd_entry = read_lock(&self.gd).get(idx).copied();
         let Some(gd_entry) = gd_entry else {
             return Err(
                 Error::corrupt(format!("grain {g} has no grain directory entry")).in_structure("grain directory")
             );
         };
-        let rgd_entry = self
-            .rgd
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .and_then(|(r, _)| r.get(idx).copied());
+        let rgd_entry = read_lock(&self.rgd).as_ref().and_then(|(r, _)| r.get(idx).copied());
         let mut gt_offsets = Vec::new();
         if gd_entry == 0 && value == 0 {
             return Ok(());
@@ -880,10 +864,10 @@ impl SparseExtent {
             self.storage
                 .write_at(&p_sector.to_le_bytes(), o)
                 .io_context("writing the grain directory", o)?;
-            self.gd.write().unwrap_or_else(|e| e.into_inner())[idx] = u64::from(p_sector);
+            write_lock(&self.gd)[idx] = u64::from(p_sector);
             if let Some(r) = redundant {
                 let r_sector = u32::try_from(r / SECTOR).map_err(|_| Error::unsupported("extent too large"))?;
-                let mut rgd = self.rgd.write().unwrap_or_else(|e| e.into_inner());
+                let mut rgd = write_lock(&self.rgd);
                 if let Some((entries, rgd_off)) = rgd.as_mut() {
                     let o = *rgd_off + gd_index * 4;
                     self.storage
@@ -907,12 +891,12 @@ impl SparseExtent {
                 if let Err(e) = self.storage.write_at(&entry.to_le_bytes(), o) {
                     // The primary table may or may not hold the new entry now: forget the cached
                     // copy so reads follow the file.
-                    self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(&gd_index);
+                    lock(&self.cache).remove(&gd_index);
                     return Err(Error::io(e, "writing a grain table entry").at_offset(o));
                 }
             }
         }
-        if let Some(t) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&gd_index)
+        if let Some(t) = lock(&self.cache).get_mut(&gd_index)
             && let Some(slot) = Arc::make_mut(t).get_mut(in_table as usize)
         {
             *slot = u64::from(entry);
@@ -923,7 +907,7 @@ impl SparseExtent {
     /// Make whole grains from `g` (count `n`) read as zeros (`zero`: a zeroed-grain entry) or
     /// fall through (`Unallocated`), without writing data.
     pub fn unmap_grains(&self, g: u64, n: u64, zero: bool) -> Result<()> {
-        let mut alloc = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        let mut alloc = lock(&self.alloc);
         let end = g.saturating_add(n);
         let mut i = g;
         while i < end {
@@ -934,8 +918,8 @@ impl SparseExtent {
                 i = i.saturating_add(span.max(1));
                 continue;
             }
-            self.set_entry(&mut alloc, i, u64::from(zero))?;
-            self.pending.write().unwrap_or_else(|e| e.into_inner()).remove(&i);
+            self.set_entry(&mut alloc, i, if zero { u64::from(format::GTE_ZEROED) } else { 0 })?;
+            write_lock(&self.pending).remove(&i);
             i = i.saturating_add(1);
         }
         Ok(())
