@@ -221,16 +221,9 @@ fn disk_io(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = vdisk_benches::criterion_config();
     targets = disk_io
 }
 criterion_main!(benches);

@@ -17,7 +17,6 @@
 #![allow(missing_docs)]
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use std::time::Duration;
 use vdisk_benches::io_scaling::{ENGINES, Runner, THREADS, Workload, latency_from_env};
 
 fn io_scaling(c: &mut Criterion) {
@@ -37,16 +36,9 @@ fn io_scaling(c: &mut Criterion) {
     }
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = vdisk_benches::criterion_config();
     targets = io_scaling
 }
 criterion_main!(benches);

@@ -152,6 +152,17 @@ impl VmdkLayer {
         self.extents.partition_point(|s| s.start + s.sectors <= lba)
     }
 
+    /// The extent holding sector `lba`: its index (the host file number mappings use), the
+    /// slot, and `lba`'s sector within the extent.
+    fn slot_at(&self, lba: u64) -> Result<(usize, &ExtentSlot, u64)> {
+        let index = self.slot_index(lba);
+        let slot = self
+            .extents
+            .get(index)
+            .ok_or_else(|| Error::out_of_range(format!("sector {lba} lies past the last extent")))?;
+        Ok((index, slot, lba - slot.start))
+    }
+
     /// Visit the extent pieces of `[lba, lba+count)`: (slot, first sector in the extent, count,
     /// sector offset into the request).
     fn pieces(&self, lba: u64, count: u64, mut f: impl FnMut(&ExtentSlot, u64, u64, u64) -> Result<()>) -> Result<()> {
@@ -316,12 +327,7 @@ impl Layer for VmdkLayer {
     }
 
     fn map(&self, lba: u64, count: u64) -> Result<Run> {
-        let file = self.slot_index(lba);
-        let slot = self
-            .extents
-            .get(file)
-            .ok_or_else(|| Error::out_of_range(format!("sector {lba} lies past the last extent")))?;
-        let local = lba - slot.start;
+        let (file, slot, local) = self.slot_at(lba)?;
         let n = (slot.sectors - local).min(count);
         let (mapping, sectors) = match &slot.extent {
             Extent::Zero => (Mapping::Zero, n),
@@ -352,14 +358,9 @@ impl Layer for VmdkLayer {
         if self.read_only {
             return Err(Error::read_only());
         }
-        let file = self.slot_index(lba);
-        let slot = self
-            .extents
-            .get(file)
-            .ok_or_else(|| Error::out_of_range(format!("sector {lba} lies past the last extent")))?;
+        let (file, slot, local) = self.slot_at(lba)?;
         self.check_writable(slot)?;
         self.touch_cid()?;
-        let local = lba - slot.start;
         let n = (slot.sectors - local).min(count);
         match &slot.extent {
             Extent::Zero => Err(Error::unsupported("cannot write to a ZERO extent")),
@@ -526,12 +527,7 @@ impl Layer for VmdkLayer {
     }
 
     fn block_status(&self, lba: u64, count: u64) -> Result<BlockStatus> {
-        let i = self.slot_index(lba);
-        let slot = self
-            .extents
-            .get(i)
-            .ok_or_else(|| Error::out_of_range(format!("sector {lba} lies past the last extent")))?;
-        let local = lba - slot.start;
+        let (_, slot, local) = self.slot_at(lba)?;
         let n = (slot.sectors - local).min(count).max(1);
         Ok(match &slot.extent {
             Extent::Zero => BlockStatus::new(n, Allocation::Zero),
