@@ -131,3 +131,35 @@ pub fn write_zero_data(layer: &dyn Layer, lba: u64, count: u64, below: &dyn Disk
     }
     Ok(())
 }
+
+/// Most writes [`write_scattered`] keeps in flight at once.
+const SCATTERED_QUEUE: usize = 8;
+
+/// Write metadata pieces `(offset, bytes)` to `storage`: sorted, neighbours merged into one
+/// write, and the resulting writes issued from up to eight threads at once (a flush after many
+/// scattered allocations touches many tables; a device serves them in parallel). `what` names
+/// the structure in errors. The caller orders this against flushes: nothing here flushes.
+pub fn write_scattered(storage: &dyn Storage, mut writes: Vec<(u64, Vec<u8>)>, what: &str) -> Result<()> {
+    writes.sort_by_key(|&(at, _)| at);
+    let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+    for (at, bytes) in writes {
+        match runs.last_mut() {
+            Some((start, buf)) if *start + buf.len() as u64 == at => buf.extend_from_slice(&bytes),
+            _ => runs.push((at, bytes)),
+        }
+    }
+    let write = |(at, bytes): &(u64, Vec<u8>)| storage.write_at(bytes, *at).io_context(what, *at);
+    if runs.len() < 2 {
+        return runs.iter().try_for_each(write);
+    }
+    let per = runs.len().div_ceil(SCATTERED_QUEUE);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = runs
+            .chunks(per)
+            .map(|chunk| scope.spawn(move || chunk.iter().try_for_each(write)))
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    })
+}

@@ -234,6 +234,7 @@ impl VhdLayer {
     fn write_dirty_bat(&self, sp: &SparseState, state: &AllocState) -> Result<()> {
         const GAP: u32 = 1024;
         let bat = read_lock(&sp.bat);
+        let mut spans = Vec::new();
         let mut dirty = state.bat_dirty.keys().copied().peekable();
         while let Some(first) = dirty.next() {
             let mut last = first;
@@ -248,10 +249,10 @@ impl VhdLayer {
                 .get(first as usize..=last as usize)
                 .ok_or_else(|| Error::out_of_range(format!("BAT entry {last} lies past the BAT")))?;
             let bytes: Vec<u8> = span.iter().flat_map(|e| e.to_be_bytes()).collect();
-            let at = sp.layout.table_offset + u64::from(first) * 4;
-            self.storage.write_at(&bytes, at).io_context("writing the BAT", at)?;
+            spans.push((sp.layout.table_offset + u64::from(first) * 4, bytes));
         }
-        Ok(())
+        drop(bat);
+        disk_core::mover::write_scattered(&*self.storage, spans, "writing the BAT")
     }
 
     /// Write BAT entries to the file, runs of neighbours in one write.

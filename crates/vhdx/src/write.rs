@@ -181,18 +181,9 @@ impl VhdxLayer {
             self.file.write_at(&entry, at).io_context("writing a log entry", at)?;
             self.file.flush().io_context("flushing the log", at)?;
             self.guarded(|| {
-                // Neighbouring pages (a BAT after scattered allocations) go in one write.
-                let mut i = 0;
-                while i < chunk.len() {
-                    let mut j = i + 1;
-                    while j < chunk.len() && chunk[j].0 == chunk[j - 1].0 + LOG_SECTOR as u64 {
-                        j += 1;
-                    }
-                    let at = chunk[i].0;
-                    let bytes: Vec<u8> = chunk[i..j].iter().flat_map(|(_, p)| p.iter().copied()).collect();
-                    self.file.write_at(&bytes, at).io_context("applying a log entry", at)?;
-                    i = j;
-                }
+                // Neighbouring pages (a BAT after scattered allocations) go in one write, the
+                // rest in parallel.
+                disk_core::mover::write_scattered(&*self.file, chunk.to_vec(), "applying a log entry")?;
                 self.file.flush().io_context("flushing metadata", 0)
             })?;
             st.log_pos += len;

@@ -687,22 +687,12 @@ impl SparseExtent {
                 updated.push((gd_index, table));
             }
         }
-        // Tables laid out side by side (as created) are rewritten in one write per run.
-        rewrites.sort_by_key(|&(at, _)| at);
-        let mut k = 0;
-        while k < rewrites.len() {
-            let start = rewrites[k].0;
-            let mut buf = std::mem::take(&mut rewrites[k].1);
-            k += 1;
-            while k < rewrites.len() && rewrites[k].0 == start + buf.len() as u64 {
-                buf.extend_from_slice(&rewrites[k].1);
-                k += 1;
-            }
-            if let Err(e) = self.storage.write_at(&buf, start) {
-                // Tables may hold some of the entries now: reads follow the file.
-                lock(&self.cache).clear();
-                return Err(Error::io(e, "writing grain tables").at_offset(start));
-            }
+        // Tables laid out side by side (as created) are rewritten in one write per run, the runs
+        // in parallel.
+        if let Err(e) = disk_core::mover::write_scattered(&*self.storage, rewrites, "writing grain tables") {
+            // Tables may hold some of the entries now: reads follow the file.
+            lock(&self.cache).clear();
+            return Err(e);
         }
         {
             let mut cache = lock(&self.cache);
