@@ -4,7 +4,7 @@
 //! ([`MemStorage`]) used by tests, fuzzers and benchmarks. Because every call names its offset,
 //! any number of threads may read through one `Storage` at once.
 
-use crate::sync::{read_lock, write_lock};
+use crate::sync::{lock, read_lock, write_lock};
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
@@ -93,6 +93,11 @@ pub struct FileStorage {
     file: File,
     path: PathBuf,
     durable: bool,
+    /// The last data extent `SEEK_DATA`/`SEEK_HOLE` found (`start..end`), as QEMU's block
+    /// status cache keeps it: on file systems without extent trees (tmpfs) `SEEK_HOLE` walks to
+    /// the next hole, so asking again for every piece of a large data region is quadratic.
+    /// Writes only turn holes into data, so only `punch_hole` and `set_len` forget it.
+    data_extent: std::sync::Mutex<Option<(u64, u64)>>,
 }
 
 impl FileStorage {
@@ -148,6 +153,7 @@ impl FileStorage {
             file,
             path: path.as_ref().to_path_buf(),
             durable: true,
+            data_extent: std::sync::Mutex::new(None),
         })
     }
 
@@ -238,12 +244,14 @@ impl Storage for FileStorage {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        *lock(&self.data_extent) = None;
         self.file.set_len(len)
     }
 
     #[cfg(target_os = "linux")]
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
         use rustix::fs::{FallocateFlags, fallocate};
+        *lock(&self.data_extent) = None;
         match fallocate(
             &self.file,
             FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
@@ -274,6 +282,11 @@ impl Storage for FileStorage {
             return Ok((true, 0));
         }
         let end = offset.saturating_add(len);
+        if let Some((start, stop)) = *lock(&self.data_extent)
+            && (start..stop).contains(&offset)
+        {
+            return Ok((true, stop.min(end) - offset));
+        }
         // SEEK_DATA/SEEK_HOLE; ENXIO means "no data after offset" (offset at or past EOF too).
         let data = match seek(&self.file, SeekFrom::Data(offset)) {
             Ok(d) => d,
@@ -287,6 +300,9 @@ impl Storage for FileStorage {
             Ok(h) => h,
             Err(_) => end,
         };
+        if hole > offset {
+            *lock(&self.data_extent) = Some((offset, hole));
+        }
         Ok((true, hole.clamp(offset + 1, end) - offset))
     }
 }
@@ -577,6 +593,15 @@ mod tests {
         if !data {
             assert!(n > 0 && n <= 32 << 20);
             assert!(f.allocation(32 << 20, 4096).unwrap().0);
+            // The data extent found is remembered (pieces of it answer without seeking) and
+            // forgotten when a hole is punched into it.
+            f.write_at(&[2; 1 << 20], 33 << 20).unwrap();
+            let (data, n) = f.allocation(33 << 20, 1 << 20).unwrap();
+            assert!(data && n == 1 << 20);
+            assert_eq!(f.allocation((33 << 20) + 4096, 4096).unwrap(), (true, 4096));
+            f.punch_hole((33 << 20) + 4096, 64 << 10).unwrap();
+            let (data, n) = f.allocation((33 << 20) + 4096, 4096).unwrap();
+            assert!(!data && n == 4096, "a punched hole is seen after the cached extent");
         }
     }
 
