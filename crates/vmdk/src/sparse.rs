@@ -123,6 +123,16 @@ pub(crate) struct SparseExtent {
     data_start: u64,
 }
 
+/// Inflate `packed` into a whole grain of `grain_bytes` (a short stream leaves zeros, as QEMU
+/// reads it); `offset` and `g` name the grain in errors.
+fn decompress_grain(packed: &[u8], grain_bytes: usize, offset: u64, g: u64) -> Result<Vec<u8>> {
+    let mut data = vec![0u8; grain_bytes];
+    miniz_oxide::inflate::decompress_slice_iter_to_slice(&mut data, std::iter::once(packed), true, false).map_err(
+        |status| Error::corrupt(format!("compressed grain {g}: cannot inflate: {status:?}")).at_offset(offset),
+    )?;
+    Ok(data)
+}
+
 /// Pending grain table entries that make a write flush them at once.
 const MAX_PENDING: usize = 4096;
 
@@ -466,27 +476,30 @@ impl SparseExtent {
         Ok(())
     }
 
-    /// Inflate several grains (offset, index) in parallel when there are enough to be worth it.
+    /// Inflate several grains (offset, index) on the grain worker pool when there are enough to
+    /// be worth it: the compressed bytes are read here, only the decompression runs there.
     fn inflate_many(&self, grains: &[(u64, u64)]) -> Result<Vec<(u64, Arc<Vec<u8>>)>> {
         if grains.len() < 4 {
             return Ok(Vec::new());
         }
-        crate::parallel::map_in_order(grains, 4, |&(o, g)| self.inflate(o, g).map(|d| (o, d)))
-            .into_iter()
-            .collect()
+        let gb = self.grain_bytes() as usize;
+        let mut packed = Vec::with_capacity(grains.len());
+        for &(offset, g) in grains {
+            packed.push((offset, g, gb, self.read_packed(offset, g)?));
+        }
+        crate::parallel::map_in_order(packed, 4, |(offset, g, gb, bytes)| {
+            decompress_grain(&bytes, gb, offset, g).map(|d| (offset, Arc::new(d)))
+        })
+        .into_iter()
+        .collect()
     }
 
-    /// Decompress the grain stored at byte `offset` (one grain is kept decompressed).
-    pub fn inflate(&self, offset: u64, g: u64) -> Result<Arc<Vec<u8>>> {
-        if let Some((o, data)) = &*lock(&self.last_grain)
-            && *o == offset
-        {
-            return Ok(data.clone());
-        }
+    /// The compressed bytes of the grain stored at byte `offset` (after its marker, if the
+    /// extent has markers), bounded by twice the grain size and the file.
+    fn read_packed(&self, offset: u64, g: u64) -> Result<Vec<u8>> {
         let gb = self.grain_bytes();
         let limit = gb.saturating_mul(2).saturating_add(4096);
         let markers = matches!(self.flavor, Flavor::Kdmv { markers: true, .. });
-        let bad = |why: String| Error::corrupt(format!("compressed grain {g}: {why}")).at_offset(offset);
         let (start, len) = if markers {
             let mut m = format::GrainMarker::new_zeroed();
             self.storage
@@ -498,17 +511,26 @@ impl SparseExtent {
             (offset, limit.min(self.file_len().saturating_sub(offset)))
         };
         if len == 0 || len > limit || start.checked_add(len).is_none_or(|e| e > self.file_len()) {
-            return Err(bad(format!("compressed size {len} is invalid")));
+            return Err(
+                Error::corrupt(format!("compressed grain {g}: compressed size {len} is invalid")).at_offset(offset),
+            );
         }
         let mut packed = vec![0u8; len as usize];
         self.storage
             .read_at(&mut packed, start)
             .io_context("reading a compressed grain", start)?;
-        // Inflate straight into a whole grain (a short stream leaves zeros, as QEMU reads it).
-        let mut data = vec![0u8; gb as usize];
-        miniz_oxide::inflate::decompress_slice_iter_to_slice(&mut data, std::iter::once(&packed[..]), true, false)
-            .map_err(|status| bad(format!("cannot inflate: {status:?}")))?;
-        let data = Arc::new(data);
+        Ok(packed)
+    }
+
+    /// Decompress the grain stored at byte `offset` (one grain is kept decompressed).
+    pub fn inflate(&self, offset: u64, g: u64) -> Result<Arc<Vec<u8>>> {
+        if let Some((o, data)) = &*lock(&self.last_grain)
+            && *o == offset
+        {
+            return Ok(data.clone());
+        }
+        let packed = self.read_packed(offset, g)?;
+        let data = Arc::new(decompress_grain(&packed, self.grain_bytes() as usize, offset, g)?);
         *lock(&self.last_grain) = Some((offset, data.clone()));
         Ok(data)
     }

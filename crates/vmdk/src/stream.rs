@@ -81,8 +81,9 @@ pub(crate) fn compress_grain(lba: u64, data: &[u8]) -> Vec<u8> {
 // 32-bit table entries (`u32::try_from`), so no sum or product here comes near 2^64.
 #[allow(clippy::arithmetic_side_effects)]
 /// Compress many grains on all cores, keeping their order.
-fn compress_all(grains: &[(u64, Vec<u8>)], grain_sectors: u64) -> Vec<Vec<u8>> {
-    crate::parallel::map_in_order(grains, 2, |(g, d)| compress_grain(g * grain_sectors, d))
+fn compress_all(grains: Vec<(u64, Vec<u8>)>, grain_sectors: u64) -> Vec<Vec<u8>> {
+    let records: Vec<(u64, Vec<u8>)> = grains.into_iter().map(|(g, d)| (g * grain_sectors, d)).collect();
+    crate::parallel::map_in_order(records, 2, |(lba, d)| compress_grain(lba, &d))
 }
 
 // Stream writing works on an image this crate created (see `attach`): its layout was validated
@@ -141,8 +142,9 @@ impl StreamWriter {
             .filter(|(_, d)| d.iter().any(|&b| b != 0))
             .cloned()
             .collect();
-        let packed = compress_all(&work, s.grain);
-        for ((g, _), rec) in work.iter().zip(packed) {
+        let grains: Vec<u64> = work.iter().map(|(g, _)| *g).collect();
+        let packed = compress_all(work, s.grain);
+        for (g, rec) in grains.iter().zip(packed) {
             Self::emit_tables_before(st, s, g / s.gtes)?;
             let at = st.append_pos;
             s.storage
