@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod chain;
 mod check;
 mod common;
@@ -69,6 +70,8 @@ enum Command {
     Io(io::IoArgs),
     /// Point a child at another parent.
     Rebase(chain::RebaseArgs),
+    /// Time COUNT reads or writes of BUFFER_SIZE bytes, DEPTH at once, like qemu-img bench.
+    Bench(bench::BenchArgs),
 }
 
 fn run(cli: Cli) -> CmdResult {
@@ -91,6 +94,7 @@ fn run(cli: Cli) -> CmdResult {
         Command::Measure(args) => measure::run(&ctx, &args),
         Command::Io(args) => io::run(&ctx, &args),
         Command::Rebase(args) => chain::run_rebase(&ctx, &args),
+        Command::Bench(args) => bench::run(&ctx, &args),
     }
 }
 
