@@ -625,9 +625,9 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> CmdResult {
                 o.insert("offset".into(), Value::from(offset));
                 o.insert("step".into(), Value::from(step));
             }
-            o.insert("elapsed_seconds".into(), Value::from(seconds));
+            o.insert("elapsed-seconds".into(), Value::from(seconds));
             o.insert("iops".into(), Value::from(iops));
-            o.insert("mib_per_s".into(), Value::from(mib_per_s));
+            o.insert("mib-per-s".into(), Value::from(mib_per_s));
             emit(&pretty_json(&Value::Object(o)));
         }
     }

@@ -375,9 +375,9 @@ fn json_output() {
             "size",
             "offset",
             "step",
-            "elapsed_seconds",
+            "elapsed-seconds",
             "iops",
-            "mib_per_s"
+            "mib-per-s"
         ]
     );
     assert_eq!(o["operation"], "read");
@@ -386,9 +386,9 @@ fn json_output() {
     assert_eq!(o["size"], 8192);
     assert_eq!(o["offset"], 0);
     assert_eq!(o["step"], 8192);
-    let elapsed = o["elapsed_seconds"].as_f64().unwrap();
+    let elapsed = o["elapsed-seconds"].as_f64().unwrap();
     let iops = o["iops"].as_f64().unwrap();
-    let mib = o["mib_per_s"].as_f64().unwrap();
+    let mib = o["mib-per-s"].as_f64().unwrap();
     assert!(elapsed > 0.0 && iops > 0.0 && mib > 0.0, "{v}");
     assert!((iops * elapsed - 64.0).abs() < 0.5, "{v}");
     assert!((mib / iops * 1024.0 - 8.0).abs() < 1e-6, "{v}");
