@@ -101,7 +101,7 @@ pub(crate) struct SparseExtent {
     gd_offset: u64,
     rgd: RwLock<Option<(Vec<u64>, u64)>>,
     file_len: AtomicU64,
-    cache: Mutex<HashMap<u64, Arc<Vec<u64>>>>,
+    cache: RwLock<HashMap<u64, Arc<Vec<u64>>>>,
     cache_max: usize,
     last_grain: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     alloc: Mutex<Alloc>,
@@ -158,7 +158,7 @@ impl SparseExtent {
             gd_offset: layout.gd_offset,
             rgd: RwLock::new(layout.rgd),
             file_len: AtomicU64::new(file_len),
-            cache: Mutex::new(HashMap::new()),
+            cache: RwLock::new(HashMap::new()),
             cache_max,
             last_grain: Mutex::new(None),
             claims: Claims::new(),
@@ -250,7 +250,7 @@ impl SparseExtent {
     /// tables ([`Self::table_writes`] moved or odd) is used but not cached, so the cache never
     /// holds an entry older than the file.
     fn table(&self, gd_index: u64) -> Result<Option<Arc<Vec<u64>>>> {
-        if let Some(t) = lock(&self.cache).get(&gd_index) {
+        if let Some(t) = read_lock(&self.cache).get(&gd_index) {
             return Ok(Some(t.clone()));
         }
         let entry = {
@@ -274,7 +274,7 @@ impl SparseExtent {
         };
         let seq = self.table_writes.load(Ordering::Acquire);
         let table = Arc::new(self.read_entries(off)?);
-        let mut cache = lock(&self.cache);
+        let mut cache = write_lock(&self.cache);
         if seq.is_multiple_of(2) && self.table_writes.load(Ordering::Acquire) == seq {
             if cache.len() >= self.cache_max {
                 cache.clear();
@@ -713,11 +713,11 @@ impl SparseExtent {
         // in parallel.
         if let Err(e) = disk_core::mover::write_scattered(&*self.storage, rewrites, "writing grain tables") {
             // Tables may hold some of the entries now: reads follow the file.
-            lock(&self.cache).clear();
+            write_lock(&self.cache).clear();
             return Err(e);
         }
         {
-            let mut cache = lock(&self.cache);
+            let mut cache = write_lock(&self.cache);
             for (gd_index, table) in updated {
                 if let Some(t) = cache.get_mut(&gd_index) {
                     *t = Arc::new(table);
@@ -903,12 +903,12 @@ impl SparseExtent {
                 if let Err(e) = self.storage.write_at(&entry.to_le_bytes(), o) {
                     // The primary table may or may not hold the new entry now: forget the cached
                     // copy so reads follow the file.
-                    lock(&self.cache).remove(&gd_index);
+                    write_lock(&self.cache).remove(&gd_index);
                     return Err(Error::io(e, "writing a grain table entry").at_offset(o));
                 }
             }
         }
-        if let Some(t) = lock(&self.cache).get_mut(&gd_index)
+        if let Some(t) = write_lock(&self.cache).get_mut(&gd_index)
             && let Some(slot) = Arc::make_mut(t).get_mut(in_table as usize)
         {
             *slot = u64::from(entry);

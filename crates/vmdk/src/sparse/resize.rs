@@ -16,7 +16,7 @@
 
 use super::{Flavor, GrainLoc, SparseExtent};
 use crate::format::{SECTOR, SparseExtentHeader};
-use disk_core::sync::{lock, read_lock};
+use disk_core::sync::{lock, read_lock, write_lock};
 use disk_core::{Error, IoResultExt, Result};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -135,7 +135,7 @@ impl SparseExtent {
                 let at = base + first_hidden * 4;
                 self.write_u32s(at, &zeros, "clearing grain table entries")?;
             }
-            lock(&self.cache).clear();
+            write_lock(&self.cache).clear();
         }
         // Grain tables for the new space, preallocated as at creation (QEMU writes only into
         // existing tables): zeroed space at the end of the file, primary then redundant.

@@ -264,7 +264,7 @@ impl SparseExtent {
         self.any_bad.store(!scan.bad.is_empty(), Ordering::Release);
         *write_lock(&self.bad) = scan.bad;
         lock(&self.alloc).space = scan.space;
-        lock(&self.cache).clear();
+        write_lock(&self.cache).clear();
     }
 
     /// Refuse writing to an extent with conflicts (an [`ErrorKind::Corrupt`](disk_core::ErrorKind)
@@ -349,7 +349,7 @@ impl SparseExtent {
     fn install_locked(&self, scan: Scan) -> SpaceMap {
         self.any_bad.store(!scan.bad.is_empty(), Ordering::Release);
         *write_lock(&self.bad) = scan.bad;
-        lock(&self.cache).clear();
+        write_lock(&self.cache).clear();
         scan.space
     }
 
@@ -475,7 +475,7 @@ impl SparseExtent {
             self.storage.flush().io_context("flushing the header", 0)?;
             *write_lock(&self.rgd) = None;
         }
-        lock(&self.cache).clear();
+        write_lock(&self.cache).clear();
         Ok(())
     }
 
