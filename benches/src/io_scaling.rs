@@ -130,19 +130,6 @@ fn open_writable(engine: &Engine, storage: Arc<dyn Storage>) -> Image {
     vdisk::open_storage(storage, None, &options).unwrap_or_else(|e| panic!("opening the {} image: {e}", engine.name))
 }
 
-/// A small, fast, seedable generator (SplitMix64) for the random offsets.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// Runs the workloads of one engine; the pre-filled image is built on first use and kept.
 pub struct Runner {
     engine: Engine,
@@ -231,11 +218,11 @@ fn run_threads(disk: &Image, size: u64, threads: usize, ios: u64, seed: u64, wri
                 let share = ios / threads as u64 + u64::from(t < ios % threads as u64);
                 let barrier = &barrier;
                 scope.spawn(move || {
-                    let mut rng = SplitMix64(seed ^ t.wrapping_mul(0xd1b5_4a32_d192_ed03));
+                    let mut rng = disk_core::SplitMix64::new(seed ^ t.wrapping_mul(0xd1b5_4a32_d192_ed03));
                     let mut buf: Vec<u8> = (0..IO_SIZE).map(|i| (i as u64 + t) as u8 | 1).collect();
                     barrier.wait();
                     for _ in 0..share {
-                        let lba = rng.next() % slots * IO_SIZE as u64 / ss;
+                        let lba = rng.next_u64() % slots * IO_SIZE as u64 / ss;
                         if write {
                             disk.write(lba, &buf).expect("write");
                         } else {

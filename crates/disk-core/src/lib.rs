@@ -38,6 +38,7 @@ mod probe;
 mod raw;
 mod resolve;
 pub mod space;
+mod splitmix;
 mod storage;
 pub mod sync;
 #[cfg(any(test, feature = "test-util"))]
@@ -59,5 +60,6 @@ pub use resolve::{
     relative_locator,
 };
 pub use space::{Conflict, SpaceKind, SpaceMap, SpaceRange};
+pub use splitmix::SplitMix64;
 pub use storage::{FileStorage, MemStorage, Storage};
 pub use uuid::{self, Uuid};

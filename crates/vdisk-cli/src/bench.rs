@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Barrier, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use vdisk::bytes::{read_bytes, write_bytes};
+use vdisk::disk_core::SplitMix64;
 use vdisk::disk_core::display_chain;
 use vdisk::{Disk, Error, Image, MissingParent, parse_size};
 
@@ -246,10 +247,10 @@ impl Plan {
     }
 
     /// A random offset: a multiple of the buffer size with the whole buffer inside the disk.
-    fn random_offset(&self, rng: &mut SplitMix) -> u64 {
+    fn random_offset(&self, rng: &mut SplitMix64) -> u64 {
         let bufsize = self.bufsize as u64;
         let slots = self.size / bufsize;
-        ((u128::from(rng.next()) * u128::from(slots)) >> 64) as u64 * bufsize
+        ((u128::from(rng.next_u64()) * u128::from(slots)) >> 64) as u64 * bufsize
     }
 
     /// The first request number at or after which qemu-img drains and flushes: the number of
@@ -278,19 +279,6 @@ impl Plan {
             && i < self.count
             && i >= self.depth.min(self.count)
             && (self.count - i).is_multiple_of(self.flush_interval)
-    }
-}
-
-/// splitmix64: a small, fast generator, good enough to scatter offsets.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 
@@ -369,7 +357,7 @@ impl Shared<'_> {
     }
 
     /// Send request `i`, with `buf` as its buffer.
-    fn request(&self, i: u64, buf: &mut [u8], rng: &mut SplitMix) {
+    fn request(&self, i: u64, buf: &mut [u8], rng: &mut SplitMix64) {
         let plan = self.plan;
         let offset = if plan.random {
             plan.random_offset(rng)
@@ -405,7 +393,7 @@ impl Shared<'_> {
     }
 
     /// Send requests until `end` is claimed (or the run stopped).
-    fn send_until(&self, end: u64, buf: &mut [u8], rng: &mut SplitMix) {
+    fn send_until(&self, end: u64, buf: &mut [u8], rng: &mut SplitMix64) {
         let batch = self.plan.batch;
         loop {
             let first = self.next.0.fetch_add(batch, Ordering::Relaxed);
@@ -426,7 +414,7 @@ impl Shared<'_> {
 
     /// One worker: one request in flight at a time.
     fn work(&self, worker: u64, buf: &mut [u8]) {
-        let mut rng = SplitMix(SEED ^ worker.wrapping_mul(0xd1b5_4a32_d192_ed03));
+        let mut rng = SplitMix64::new(SEED ^ worker.wrapping_mul(0xd1b5_4a32_d192_ed03));
         let plan = self.plan;
         if plan.flush_interval == 0 || !plan.drain {
             self.send_until(plan.count, buf, &mut rng);
@@ -697,7 +685,7 @@ mod tests {
     fn random_offsets_stay_inside() {
         let mut p = plan(1, 1, 0, 4096, 4096, (1 << 20) + 100);
         p.random = true;
-        let mut rng = SplitMix(SEED);
+        let mut rng = SplitMix64::new(SEED);
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..10_000 {
             let o = p.random_offset(&mut rng);

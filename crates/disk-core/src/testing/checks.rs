@@ -402,10 +402,10 @@ fn concurrent_reads(factory: &dyn ImageFactory) -> Outcome {
             .map(|t| {
                 let (disk, model) = (&disk, &model);
                 scope.spawn(move || -> Outcome {
-                    let mut rng = crate::testing::crash::SplitMix64(t);
+                    let mut rng = crate::SplitMix64::new(t);
                     for _ in 0..200 {
-                        let lba = rng.next() % n;
-                        let count = (rng.next() % 64 + 1).min(n - lba);
+                        let lba = rng.next_u64() % n;
+                        let count = (rng.next_u64() % 64 + 1).min(n - lba);
                         let mut buf = vec![0u8; (count * u64::from(ss)) as usize];
                         ctx(format!("thread {t}: read({lba}, {count})"), disk.read(lba, &mut buf))?;
                         compare_read(&buf, lba, ss, model).map_err(|e| format!("thread {t}: {e}"))?;

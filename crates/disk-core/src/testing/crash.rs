@@ -304,8 +304,8 @@ impl CrashStorage {
                 }
             }
             CrashMode::Subset { seed } => {
-                let mut rng = SplitMix64(seed ^ 0x9e37_79b9_7f4a_7c15);
-                let mut keep = || rng.next() & 1 == 1;
+                let mut rng = crate::SplitMix64::new(seed ^ 0x9e37_79b9_7f4a_7c15);
+                let mut keep = || rng.next_u64() & 1 == 1;
                 for change in s.pending.iter().chain(s.crashing.as_ref()) {
                     for piece in change.subset(self.sector_size, &mut keep) {
                         piece.apply(&image);
@@ -398,20 +398,6 @@ impl Storage for CrashStorage {
 
     fn allocation(&self, offset: u64, len: u64) -> io::Result<(bool, u64)> {
         self.lock().current.allocation(offset, len)
-    }
-}
-
-/// A small, fast, seedable generator (SplitMix64) for deterministic test choices.
-#[derive(Debug, Clone)]
-pub(crate) struct SplitMix64(pub(crate) u64);
-
-impl SplitMix64 {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 
