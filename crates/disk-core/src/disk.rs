@@ -252,18 +252,32 @@ impl SectorRange {
 }
 
 /// Largest buffer used when a default implementation writes zeros.
-const ZERO_BUFFER: u64 = 1 << 20;
+const ZERO_BUFFER: usize = 1 << 20;
 
 /// Write zero-filled buffers over `range` through [`Disk::write`].
 pub fn write_zero_buffers<D: Disk + ?Sized>(disk: &D, range: SectorRange) -> Result<()> {
-    let ss = u64::from(range.sector_size);
-    let per_buffer = (ZERO_BUFFER / ss).max(1);
-    let zeros = vec![0u8; (per_buffer.min(range.count) * ss) as usize];
-    let mut lba = range.lba;
-    while lba < range.end() {
-        let n = per_buffer.min(range.end() - lba);
-        disk.write(lba, &zeros[..(n * ss) as usize])?;
-        lba += n;
+    for_zero_chunks(range.sector_size, range.lba, range.count, |lba, zeros| {
+        disk.write(lba, zeros)
+    })
+}
+
+/// Call `write(lba, zeros)` over `count` sectors of `sector_size` bytes from `lba`, in chunks of
+/// at most 1 MiB of one shared zero buffer (memory never follows the size of the request).
+pub(crate) fn for_zero_chunks(
+    sector_size: u32,
+    lba: u64,
+    count: u64,
+    mut write: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    static ZEROS: [u8; ZERO_BUFFER] = [0; ZERO_BUFFER];
+    let ss = u64::from(sector_size);
+    let per = (ZERO_BUFFER as u64 / ss).max(1);
+    let end = lba + count;
+    let mut pos = lba;
+    while pos < end {
+        let n = per.min(end - pos);
+        write(pos, &ZEROS[..(n * ss) as usize])?;
+        pos += n;
     }
     Ok(())
 }

@@ -113,23 +113,12 @@ pub fn is_zero(buf: &[u8]) -> bool {
     blocks.iter().all(|b| *b == [0u8; 16]) && tail.iter().all(|&b| b == 0)
 }
 
-/// Largest zero buffer a layer's `write_zeroes` falls back to.
-const ZERO_CHUNK: usize = 1 << 20;
-
 /// Write zeros over `count` sectors from `lba` of `layer` through [`write_layer`], for engines
 /// that store zeros as data.
 pub fn write_zero_data(layer: &dyn Layer, lba: u64, count: u64, below: &dyn Disk) -> Result<()> {
-    static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
-    let ss = u64::from(layer.sector_size());
-    let per = (ZERO_CHUNK as u64 / ss).max(1);
-    let mut pos = lba;
-    let end = lba + count;
-    while pos < end {
-        let n = per.min(end - pos);
-        write_layer(layer, pos, &ZEROS[..(n * ss) as usize], below)?;
-        pos += n;
-    }
-    Ok(())
+    crate::disk::for_zero_chunks(layer.sector_size(), lba, count, |pos, zeros| {
+        write_layer(layer, pos, zeros, below)
+    })
 }
 
 /// Most writes [`write_scattered`] keeps in flight at once.

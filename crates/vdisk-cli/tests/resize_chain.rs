@@ -9,17 +9,6 @@ use std::path::Path;
 
 const MIB: u64 = 1 << 20;
 
-/// A raw copy of the guest view of `img`.
-fn raw_copy(img: &Path, to: &Path) {
-    ok(&vdisk([
-        "convert",
-        "-O",
-        "raw",
-        img.to_str().unwrap(),
-        to.to_str().unwrap(),
-    ]));
-}
-
 /// Same guest data (a larger one may have extra zeros).
 fn same(a: &Path, b: &Path) {
     assert!(

@@ -132,3 +132,31 @@ fn embedder_io_matches_disk_io() {
         assert!(all == expected, "{format}: child after reopening");
     }
 }
+
+#[test]
+fn mappings_refuse_bad_ranges_and_read_only_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.vhdx");
+    create(&path, Format::Vhdx, "block_size=1M", None);
+    let image = vdisk::open(&path, &opts(false)).unwrap();
+    let sectors = image.sector_count();
+    for (lba, count) in [(sectors, 1), (sectors - 1, 2), (u64::MAX, 1), (0, u64::MAX)] {
+        let e = image.map_read(lba, count).unwrap_err();
+        assert_eq!(e.kind(), vdisk::ErrorKind::OutOfRange, "map_read({lba}, {count})");
+    }
+    assert_eq!(
+        image.map_read(0, 0).unwrap_err().kind(),
+        vdisk::ErrorKind::InvalidArgument
+    );
+    assert_eq!(image.map_write(0, 1).unwrap_err().kind(), vdisk::ErrorKind::ReadOnly);
+    let writable = vdisk::open(&path, &opts(true)).unwrap();
+    assert_eq!(
+        writable.map_write(sectors, 1).unwrap_err().kind(),
+        vdisk::ErrorKind::OutOfRange
+    );
+    let mut buf = [0u8; 100];
+    assert_eq!(
+        writable.read_below(0, &mut buf).unwrap_err().kind(),
+        vdisk::ErrorKind::InvalidArgument
+    );
+}

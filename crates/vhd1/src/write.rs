@@ -257,18 +257,16 @@ impl VhdLayer {
 
     /// Write BAT entries to the file, runs of neighbours in one write.
     pub(crate) fn write_bat_entries(&self, sp: &SparseState, entries: &[(u32, u32)]) -> Result<()> {
-        let mut i = 0;
-        while i < entries.len() {
-            let mut j = i + 1;
-            while j < entries.len() && entries[j].0 == entries[j - 1].0 + 1 {
-                j += 1;
-            }
-            let bytes: Vec<u8> = entries[i..j].iter().flat_map(|(_, e)| e.to_be_bytes()).collect();
-            let at = sp.layout.table_offset + u64::from(entries[i].0) * 4;
-            self.storage.write_at(&bytes, at).io_context("writing the BAT", at)?;
-            i = j;
-        }
-        Ok(())
+        let pieces = entries
+            .iter()
+            .map(|&(index, entry)| {
+                (
+                    sp.layout.table_offset + u64::from(index) * 4,
+                    entry.to_be_bytes().to_vec(),
+                )
+            })
+            .collect();
+        disk_core::mover::write_scattered(&*self.storage, pieces, "writing the BAT")
     }
 
     /// Make `count` sectors from `lba` read as zeros, releasing host space where it can: a

@@ -99,3 +99,14 @@ pub fn fingerprint(path: &Path) -> (Vec<u8>, u64, std::time::SystemTime) {
     let meta = std::fs::metadata(path).unwrap();
     (std::fs::read(path).unwrap(), meta.len(), meta.modified().unwrap())
 }
+
+/// A raw copy of the guest view of `img` at `to` (through `vdisk convert -O raw`).
+pub fn raw_copy(img: &Path, to: &Path) {
+    ok(&vdisk([
+        "convert",
+        "-O",
+        "raw",
+        img.to_str().unwrap(),
+        to.to_str().unwrap(),
+    ]));
+}
