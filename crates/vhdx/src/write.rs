@@ -364,6 +364,11 @@ impl VhdxLayer {
         match bat_state(e) {
             payload::FULLY_PRESENT => return Ok(WriteRun::overwrite(n, at(e))),
             payload::PARTIALLY_PRESENT => {
+                // Sectors already the child's need no bitmap change: a plain overwrite.
+                let bits = self.block_bitmap(&read_lock(&self.bat), block)?;
+                if (within..within + n).all(|s| bits[(s / 8) as usize] >> (s % 8) & 1 == 1) {
+                    return Ok(WriteRun::overwrite(n, at(e)));
+                }
                 return Ok(WriteRun {
                     sectors: n,
                     target: WriteTarget::Host { file: 0, offset: at(e) },
