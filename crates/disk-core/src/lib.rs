@@ -41,6 +41,7 @@ pub mod space;
 mod splitmix;
 mod storage;
 pub mod sync;
+pub mod table;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod utf16;

@@ -1,29 +1,43 @@
-//! The BAT on open: read once, straight into its in-memory form, then every entry checked and
-//! every structure and stored block recorded in a [`SpaceMap`].
+//! The BAT: read in pages on demand ([`PagedTable`]), every entry checked before use, and the
+//! space map of the image built from it.
 //!
-//! A block that lies past the end of the file or on space already recorded (the header section,
-//! the log, the metadata region, the BAT, another block) is unusable: its in-memory entry
-//! becomes [`INVALID_ENTRY`] (reads of it fail, writes never go through it), the problem is
-//! kept for `check`, and a writable open is refused unless the caller asked for repair.
+//! A writable open (and a read-only open of a BAT of at most [`EAGER_SURVEY_BYTES`]) surveys
+//! the whole BAT: every structure and stored block is recorded in a [`SpaceMap`], and a block
+//! that lies past the end of the file or on space already recorded (the header section, the
+//! log, the metadata region, the BAT, another block) is unusable: its in-memory entry becomes
+//! [`INVALID_ENTRY`] (reads of it fail, writes never go through it), the problem is kept for
+//! `check`, and a writable open is refused unless the caller asked for repair.
+//!
+//! A read-only open of a larger BAT records only the image's own structures and checks each
+//! entry when its page is first read ([`entry_check`]): past the end of the file or on a
+//! structure makes it unusable, as above. Two blocks that overlap each other are then found
+//! only by `check` (which surveys the whole BAT); reading them reads the image's own bytes.
 
 #![warn(clippy::arithmetic_side_effects)]
 
 use crate::format::*;
-use crate::geometry::Geometry;
+use crate::geometry::{EntryKind, Geometry};
 use crate::parse::{Metadata, Regions};
-use disk_core::{Error, Findings, IoResultExt, Result, SpaceKind, SpaceMap, Storage};
-use zerocopy::IntoBytes;
+use disk_core::table::{EntryCheck, EntryWidth, PagedTable};
+use disk_core::{Error, Findings, Result, SpaceKind, SpaceMap, Storage};
+use std::sync::Arc;
 
 /// State written into the in-memory copy of a BAT entry found unusable on open: reads of its
 /// block fail (the value is a reserved state, never written to the file).
 pub(crate) const INVALID_ENTRY: u64 = payload::RESERVED[0] as u64;
 
-/// Read the `entries` BAT entries at `offset` (bounded by the file, one buffer).
-pub(crate) fn read_bat(io: &dyn Storage, file_len: u64, offset: u64, entries: u64) -> Result<Vec<u64>> {
+/// Largest BAT a read-only open surveys whole; larger ones are checked page by page.
+pub(crate) const EAGER_SURVEY_BYTES: u64 = 16 * MIB;
+
+/// Bytes of unchanged BAT pages kept in memory.
+pub(crate) const BAT_CACHE_BYTES: u64 = 16 * MIB;
+
+/// The `entries` BAT entries at `offset` of a file of `file_len` bytes, as a table read on
+/// demand (bounds checked here, nothing read yet).
+pub(crate) fn table(io: Arc<dyn Storage>, file_len: u64, offset: u64, entries: u64) -> Result<PagedTable> {
     let bytes = entries
         .checked_mul(8)
         .ok_or_else(|| Error::corrupt("BAT too large").in_structure("BAT"))?;
-    // Bounds checked before allocating.
     if offset.checked_add(bytes).is_none_or(|end| end > file_len) {
         return Err(Error::corrupt(format!(
             "{bytes} bytes at {offset:#x} lie past the end of the file ({file_len} bytes)"
@@ -31,15 +45,63 @@ pub(crate) fn read_bat(io: &dyn Storage, file_len: u64, offset: u64, entries: u6
         .in_structure("BAT")
         .at_offset(offset));
     }
-    let n = usize::try_from(entries).map_err(|_| Error::unsupported("BAT too large").in_structure("BAT"))?;
-    let mut bat = vec![0u64; n];
-    io.read_at(bat.as_mut_bytes(), offset)
-        .io_context("reading the BAT", offset)
-        .map_err(|e| e.in_structure("BAT"))?;
-    for e in &mut bat {
-        *e = u64::from_le(*e);
+    Ok(PagedTable::new(
+        io,
+        offset,
+        entries,
+        EntryWidth::U64Le,
+        "BAT",
+        BAT_CACHE_BYTES,
+    ))
+}
+
+/// Bytes payload block `block` stored at `off` occupies in a file of `file_len` bytes: the
+/// whole block when the file holds it; a short last block may end the file.
+fn stored_len(g: &Geometry, block: u64, off: u64, file_len: u64) -> u64 {
+    if off.checked_add(g.block_size).is_some_and(|end| end <= file_len) {
+        g.block_size
+    } else {
+        g.block_bytes(block)
     }
-    Ok(bat)
+}
+
+/// The check a BAT read page by page applies to every entry (see the module docs): the entry,
+/// or [`INVALID_ENTRY`] when its block or sector bitmap lies past the end of the file or on
+/// one of the `structures`, or its state is invalid.
+pub(crate) fn entry_check(g: Geometry, structures: SpaceMap) -> EntryCheck {
+    let file_len = structures.file_len();
+    Box::new(move |first, page| {
+        for (i, e) in (first..).zip(page.iter_mut()) {
+            // Not present (0 for payload and sector bitmap entries alike) is always usable.
+            if bat_state(*e) != payload::NOT_PRESENT && !usable(&g, &structures, file_len, i, *e) {
+                *e = INVALID_ENTRY;
+            }
+        }
+    })
+}
+
+/// Whether BAT entry `i` (`e`) is usable given the image's `structures` (see [`entry_check`]).
+fn usable(g: &Geometry, structures: &SpaceMap, file_len: u64, i: u64, e: u64) -> bool {
+    match g.entry_kind(i) {
+        EntryKind::Payload(block) => match bat_state(e) {
+            payload::NOT_PRESENT | payload::UNDEFINED | payload::ZERO | payload::UNMAPPED => true,
+            s @ (payload::FULLY_PRESENT | payload::PARTIALLY_PRESENT) => {
+                let off = bat_offset(e);
+                (s == payload::FULLY_PRESENT || g.has_parent)
+                    && structures
+                        .check(off, stored_len(g, block, off, file_len), SpaceKind::Data)
+                        .is_ok()
+            }
+            _ => false,
+        },
+        // Sector bitmap entries mean nothing without a parent.
+        EntryKind::Bitmap(_) if !g.has_parent => true,
+        EntryKind::Bitmap(_) => match bat_state(e) {
+            bitmap::NOT_PRESENT => true,
+            bitmap::PRESENT => structures.check(bat_offset(e), MIB, SpaceKind::Bitmap).is_ok(),
+            _ => false,
+        },
+    }
 }
 
 /// What the space map found on open.
@@ -73,47 +135,45 @@ impl Survey {
 /// End of the region tables; the header section's reserved space follows.
 const REGION_TABLES_END: u64 = REGION_TABLE2_OFFSET + REGION_TABLE_SIZE as u64;
 
-/// Record the space that blocks not stored (zero, unmapped, undefined) still name, where it is
-/// free: the specification lets an unmapped block keep its space, which is then not leaked.
-/// After every stored block, and never a problem (the engine does not use these offsets).
-fn claim_retained(space: &mut SpaceMap, bat: &[u64], g: &Geometry, file_len: u64) {
-    for block in 0..g.data_blocks {
-        let e = bat[g.payload_index(block)];
-        let off = bat_offset(e);
-        let retains = matches!(bat_state(e), payload::ZERO | payload::UNMAPPED | payload::UNDEFINED);
-        if retains && off >= HEADER_SECTION_SIZE {
-            let len = g.block_size.min(file_len.saturating_sub(off));
-            let _ = space.claim(off, len, SpaceKind::Data);
-        }
-    }
-}
-
 /// How the message of a problem with one BAT entry starts (other problems are structures that
 /// overlap).
 pub(crate) const ENTRY_PROBLEM: &str = "BAT entry ";
 
-/// Mark BAT entry `i` unusable, saying why.
-fn bad(bat: &mut [u64], problems: &mut Findings, regions: &Regions, i: usize, what: String) {
-    let at = (i as u64).saturating_mul(8).saturating_add(regions.bat.offset);
-    problems.push(format!("{ENTRY_PROBLEM}{i} (at {at:#x}) {what}"));
-    bat[i] = INVALID_ENTRY;
+/// Problems found while surveying, and the entries made unusable.
+struct Marker<'a> {
+    bat: &'a PagedTable,
+    problems: Findings,
+    regions: &'a Regions,
 }
 
-/// Record the image's structures and every block its BAT stores in a new space map of a file of
-/// `file_len` bytes, marking the entries of blocks that cannot be used [`INVALID_ENTRY`] in
-/// `bat`. `log` is the header's log (offset, length).
-pub(crate) fn survey(
-    bat: &mut [u64],
-    g: &Geometry,
-    meta: &Metadata,
-    regions: &Regions,
-    log: (u64, u64),
-    file_len: u64,
-) -> Survey {
+impl Marker<'_> {
+    /// Mark BAT entry `i` unusable, saying why.
+    fn bad(&mut self, i: u64, what: String) -> Result<()> {
+        let at = i.saturating_mul(8).saturating_add(self.regions.bat.offset);
+        self.problems.push(format!("{ENTRY_PROBLEM}{i} (at {at:#x}) {what}"));
+        self.bat.set(i, INVALID_ENTRY)
+    }
+}
+
+/// Every (index, entry) of the BAT, a page at a time (bounded by the BAT's size in the file).
+fn scan(bat: &PagedTable, mut f: impl FnMut(u64, u64) -> Result<()>) -> Result<()> {
+    bat.for_each_page(|first, entries| {
+        for (i, &e) in (first..).zip(entries) {
+            f(i, e)?;
+        }
+        Ok(())
+    })
+}
+
+/// The image's own structures (header section, region tables, log, metadata region, BAT)
+/// recorded in a new space map of a file of `file_len` bytes, with the overlaps among them
+/// (problems, and the first one as the structural problem). `log` is the header's log
+/// (offset, length).
+pub(crate) fn structures(regions: &Regions, log: (u64, u64), file_len: u64) -> (SpaceMap, Findings, Option<String>) {
     let mut space = SpaceMap::new(file_len);
     let mut problems = Findings::new();
     let mut structural = None;
-    let structures = [
+    let list = [
         (0, REGION_TABLE1_OFFSET, SpaceKind::Header),
         (
             REGION_TABLE1_OFFSET,
@@ -129,103 +189,123 @@ pub(crate) fn survey(
         (regions.metadata.offset, regions.metadata.length, SpaceKind::Metadata),
         (regions.bat.offset, regions.bat.length, SpaceKind::Bat),
     ];
-    for (start, len, kind) in structures {
+    for (start, len, kind) in list {
         if let Err(c) = space.claim(start, len, kind) {
             problems.push(c.to_string());
             structural.get_or_insert_with(|| c.to_string());
             space.note(c);
         }
     }
-    for block in 0..g.data_blocks {
-        let i = g.payload_index(block);
-        let e = bat[i];
-        match bat_state(e) {
-            payload::NOT_PRESENT | payload::UNDEFINED | payload::ZERO | payload::UNMAPPED => {}
-            s @ (payload::FULLY_PRESENT | payload::PARTIALLY_PRESENT) => {
-                if s == payload::PARTIALLY_PRESENT && !meta.has_parent {
-                    bad(
-                        bat,
-                        &mut problems,
-                        regions,
-                        i,
-                        "is partially present in a disk without a parent".into(),
-                    );
-                    continue;
-                }
-                let off = bat_offset(e);
-                // The whole block when the file holds it; a short last block may end the file.
-                let len = if off.checked_add(g.block_size).is_some_and(|end| end <= file_len) {
-                    g.block_size
-                } else {
-                    g.block_bytes(block)
-                };
-                if let Err(c) = space.claim(off, len, SpaceKind::Data) {
-                    bad(bat, &mut problems, regions, i, format!("(payload block {block}): {c}"));
-                    space.note(c);
-                }
-            }
-            s => bad(
-                bat,
-                &mut problems,
-                regions,
-                i,
-                format!("(payload block {block}) has invalid state {s}"),
-            ),
+    (space, problems, structural)
+}
+
+/// Record the image's structures and every block its BAT stores in a new space map of a file
+/// of `file_len` bytes, marking the entries of blocks that cannot be used [`INVALID_ENTRY`] in
+/// `bat` (whose entries are read unchecked). `log` is the header's log (offset, length). Reads
+/// the whole BAT, a page at a time: a few passes over it, bounded by its size in the file.
+pub(crate) fn survey(
+    bat: &PagedTable,
+    g: &Geometry,
+    meta: &Metadata,
+    regions: &Regions,
+    log: (u64, u64),
+    file_len: u64,
+) -> Result<Survey> {
+    let (mut space, problems, structural) = structures(regions, log, file_len);
+    let mut m = Marker { bat, problems, regions };
+    // Whether the last pass has anything to do.
+    let mut later = false;
+    scan(bat, |i, e| {
+        if bat_state(e) == payload::NOT_PRESENT {
+            return Ok(());
         }
-    }
-    if !meta.has_parent {
-        // Sector bitmap entries mean nothing without a parent.
-        claim_retained(&mut space, bat, g, file_len);
-        return Survey {
-            space,
-            problems,
-            structural,
+        let EntryKind::Payload(block) = g.entry_kind(i) else {
+            return Ok(());
         };
-    }
-    for chunk in 0..g.bitmap_blocks {
-        let i = g.bitmap_index(chunk);
-        let e = bat[i];
         match bat_state(e) {
-            bitmap::NOT_PRESENT => {}
-            bitmap::PRESENT => {
-                if let Err(c) = space.claim(bat_offset(e), MIB, SpaceKind::Bitmap) {
-                    bad(
-                        bat,
-                        &mut problems,
-                        regions,
-                        i,
-                        format!("(sector bitmap block {chunk}): {c}"),
-                    );
-                    space.note(c);
+            payload::NOT_PRESENT => Ok(()),
+            payload::UNDEFINED | payload::ZERO | payload::UNMAPPED => {
+                later |= bat_offset(e) >= HEADER_SECTION_SIZE;
+                Ok(())
+            }
+            payload::PARTIALLY_PRESENT if !meta.has_parent => {
+                m.bad(i, "is partially present in a disk without a parent".into())
+            }
+            s @ (payload::FULLY_PRESENT | payload::PARTIALLY_PRESENT) => {
+                later |= s == payload::PARTIALLY_PRESENT;
+                let off = bat_offset(e);
+                match space.claim(off, stored_len(g, block, off, file_len), SpaceKind::Data) {
+                    Ok(()) => Ok(()),
+                    Err(c) => {
+                        space.note(c);
+                        m.bad(i, format!("(payload block {block}): {c}"))
+                    }
                 }
             }
-            s => bad(
-                bat,
-                &mut problems,
-                regions,
-                i,
-                format!("(sector bitmap block {chunk}) has invalid state {s}"),
-            ),
+            s => m.bad(i, format!("(payload block {block}) has invalid state {s}")),
         }
+    })?;
+    if meta.has_parent {
+        scan(bat, |i, e| {
+            if bat_state(e) == bitmap::NOT_PRESENT {
+                return Ok(());
+            }
+            let EntryKind::Bitmap(chunk) = g.entry_kind(i) else {
+                return Ok(());
+            };
+            match bat_state(e) {
+                bitmap::NOT_PRESENT => Ok(()),
+                bitmap::PRESENT => match space.claim(bat_offset(e), MIB, SpaceKind::Bitmap) {
+                    Ok(()) => Ok(()),
+                    Err(c) => {
+                        space.note(c);
+                        m.bad(i, format!("(sector bitmap block {chunk}): {c}"))
+                    }
+                },
+                s => m.bad(i, format!("(sector bitmap block {chunk}) has invalid state {s}")),
+            }
+        })?;
     }
-    claim_retained(&mut space, bat, g, file_len);
-    for block in 0..g.data_blocks {
-        let i = g.payload_index(block);
-        let chunk = block.checked_div(g.chunk_ratio).unwrap_or(0);
-        if bat_state(bat[i]) == payload::PARTIALLY_PRESENT && bat_state(bat[g.bitmap_index(chunk)]) != bitmap::PRESENT {
-            // Its space stays recorded: nothing else may go there until a repair drops it.
-            bad(
-                bat,
-                &mut problems,
-                regions,
-                i,
-                format!("(payload block {block}) is partially present without a usable sector bitmap"),
-            );
+    // The space that blocks not stored (zero, unmapped, undefined) still name, where it is
+    // free: the specification lets an unmapped block keep its space, which is then not leaked.
+    // After every stored block, and never a problem (the engine does not use these offsets).
+    // Sector bitmap entries mean nothing without a parent; with one, a partially present block
+    // needs a usable sector bitmap (its space stays recorded: nothing else may go there until
+    // a repair drops it).
+    if !later {
+        return Ok(Survey {
+            space,
+            problems: m.problems,
+            structural,
+        });
+    }
+    scan(bat, |i, e| {
+        let EntryKind::Payload(block) = g.entry_kind(i) else {
+            return Ok(());
+        };
+        let off = bat_offset(e);
+        match bat_state(e) {
+            payload::ZERO | payload::UNMAPPED | payload::UNDEFINED if off >= HEADER_SECTION_SIZE => {
+                let len = g.block_size.min(file_len.saturating_sub(off));
+                let _ = space.claim(off, len, SpaceKind::Data);
+                Ok(())
+            }
+            payload::PARTIALLY_PRESENT
+                if meta.has_parent
+                    && bat_state(bat.get(g.bitmap_index(block.checked_div(g.chunk_ratio).unwrap_or(0)) as u64)?)
+                        != bitmap::PRESENT =>
+            {
+                m.bad(
+                    i,
+                    format!("(payload block {block}) is partially present without a usable sector bitmap"),
+                )
+            }
+            _ => Ok(()),
         }
-    }
-    Survey {
+    })?;
+    Ok(Survey {
         space,
-        problems,
+        problems: m.problems,
         structural,
-    }
+    })
 }

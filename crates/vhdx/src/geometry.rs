@@ -79,6 +79,17 @@ impl Geometry {
         (chunk * (self.chunk_ratio + 1) + self.chunk_ratio) as usize
     }
 
+    /// What BAT entry `i` describes.
+    pub fn entry_kind(&self, i: u64) -> EntryKind {
+        let per_chunk = self.chunk_ratio + 1;
+        let (chunk, k) = (i / per_chunk, i % per_chunk);
+        if k == self.chunk_ratio {
+            EntryKind::Bitmap(chunk)
+        } else {
+            EntryKind::Payload(chunk * self.chunk_ratio + k)
+        }
+    }
+
     /// Bytes of guest data in payload block `block` (the last one may be short).
     pub fn block_bytes(&self, block: u64) -> u64 {
         self.virtual_size
@@ -102,6 +113,15 @@ impl Geometry {
     }
 }
 
+/// What a BAT entry describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// Payload block number.
+    Payload(u64),
+    /// The sector bitmap block of chunk number.
+    Bitmap(u64),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +136,9 @@ mod tests {
         assert_eq!(g.chunk_ratio, 4096);
         assert_eq!(g.total_entries, 10240 + 2);
         assert_eq!(g.payload_index(4096), 4097);
+        assert_eq!(g.entry_kind(4097), EntryKind::Payload(4096));
+        assert_eq!(g.entry_kind(4096), EntryKind::Bitmap(0));
+        assert_eq!(g.entry_kind(5), EntryKind::Payload(5));
         let g = Geometry::new(1 << 20, 4096, 10 << 30, true).unwrap();
         assert_eq!(g.chunk_ratio, 32768);
         assert_eq!(g.total_entries, 32769);

@@ -7,6 +7,7 @@ use crate::log::{self, Overlay};
 use crate::parse::{self, Headers, Metadata, Regions};
 use disk_core::guid::MsGuid;
 use disk_core::mapping::{Claims, IoGate, Mapping, Run, WriteRun};
+use disk_core::table::{PAGE_ENTRIES, PagedTable};
 use disk_core::{
     Allocation, BlockStatus, CheckReport, Disk, Error, ErrorKind, Findings, Format, IoResultExt, Layer, LayerInfo,
     OpenContext, ParentRef, Repair, Result, SpaceMap, Storage,
@@ -17,7 +18,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use uuid::Uuid;
 
-/// Largest BAT kept in memory (64 TiB at 1 MiB blocks needs 512 MiB).
+/// Largest BAT accepted (64 TiB at 1 MiB blocks needs 512 MiB; it is read in pages).
 pub(crate) const MAX_BAT_BYTES: u64 = 640 * MIB;
 
 /// Most sector bitmaps (of partially present blocks) kept in memory at once.
@@ -80,8 +81,11 @@ pub struct VhdxLayer {
     pub(crate) creator: String,
     pub(crate) headers_valid: [bool; 2],
     pub(crate) log_state: LogState,
-    /// The whole BAT.
-    pub(crate) bat: RwLock<Vec<u64>>,
+    /// The BAT, read in pages on demand; entries are checked before use (see [`bat`]).
+    pub(crate) bat: PagedTable,
+    /// Whether the whole BAT was surveyed on open (otherwise each page is checked when read,
+    /// and `check` surveys it).
+    pub(crate) surveyed: bool,
     /// Sector bitmap bytes of partially present blocks, by block number.
     pub(crate) bitmaps: RwLock<HashMap<u64, Arc<Vec<u8>>>>,
     pub(crate) state: Mutex<WriteState>,
@@ -186,8 +190,25 @@ impl VhdxLayer {
         if bat_bytes > MAX_BAT_BYTES {
             return Err(Error::unsupported("BAT too large").in_structure("BAT"));
         }
-        let mut bat = bat::read_bat(&*view, view_len, regions.bat.offset, geo.total_entries)?;
-        let mut survey = bat::survey(&mut bat, &geo, &meta, &regions, log_area, view_len);
+        let table = bat::table(view.clone(), view_len, regions.bat.offset, geo.total_entries)?;
+        // A writable open needs every block recorded before anything is written; a read-only
+        // one surveys only a small BAT (see the `bat` module).
+        let surveyed = ctx.writable || bat_bytes <= bat::EAGER_SURVEY_BYTES;
+        let (table, mut survey) = if surveyed {
+            let survey = bat::survey(&table, &geo, &meta, &regions, log_area, view_len)?;
+            (table, survey)
+        } else {
+            let (space, problems, structural) = bat::structures(&regions, log_area, view_len);
+            let table = table.with_check(bat::entry_check(geo, space.clone()));
+            (
+                table,
+                bat::Survey {
+                    space,
+                    problems,
+                    structural,
+                },
+            )
+        };
         if ctx.writable && !ctx.repair {
             survey.refuse_writes()?;
         }
@@ -215,14 +236,15 @@ impl VhdxLayer {
         let parent = meta.parent.as_ref().map(parent_ref);
         let layer = VhdxLayer {
             file: storage,
-            io,
+            io: io.clone(),
             writable: ctx.writable,
             geo,
             regions,
             creator,
             headers_valid: valid,
             log_state,
-            bat: RwLock::new(bat),
+            bat: table.with_storage(io.clone()),
+            surveyed,
             bitmaps: RwLock::new(HashMap::new()),
             state: Mutex::new(WriteState {
                 header: current,
@@ -279,7 +301,7 @@ impl VhdxLayer {
     }
 
     /// The sector bitmap bytes of payload block `block` (which is partially present).
-    pub(crate) fn block_bitmap(&self, bat: &[u64], block: u64) -> Result<Arc<Vec<u8>>> {
+    pub(crate) fn block_bitmap(&self, block: u64) -> Result<Arc<Vec<u8>>> {
         if let Some(b) = read_lock(&self.pending_bitmaps).get(&block) {
             return Ok(b.clone());
         }
@@ -287,7 +309,7 @@ impl VhdxLayer {
             return Ok(b.clone());
         }
         let chunk = block / self.geo.chunk_ratio;
-        let entry = bat.get(self.geo.bitmap_index(chunk)).copied().unwrap_or(0);
+        let entry = self.bat.get(self.geo.bitmap_index(chunk) as u64)?;
         if bat_state(entry) != bitmap::PRESENT {
             return Err(Error::corrupt(format!(
                 "block {block} is partially present but its sector bitmap block is not"
@@ -310,16 +332,21 @@ impl VhdxLayer {
     }
 
     /// Where the run of sectors at `lba` (at most `max`) lives.
-    pub(crate) fn map_run(&self, bat: &[u64], lba: u64, max: u64) -> Result<Run> {
+    pub(crate) fn map_run(&self, lba: u64, max: u64) -> Result<Run> {
+        let block = lba / self.geo.sectors_per_block;
+        self.map_entry(self.bat.get(self.geo.payload_index(block) as u64)?, lba, max)
+    }
+
+    /// Where the run of sectors at `lba` (at most `max`) lives, given its block's BAT entry.
+    fn map_entry(&self, entry: u64, lba: u64, max: u64) -> Result<Run> {
         let g = &self.geo;
         let block = lba / g.sectors_per_block;
         let within = lba % g.sectors_per_block;
         let n = max.min(g.sectors_per_block - within);
-        let entry = bat[g.payload_index(block)];
         let mapping = match bat_state(entry) {
             payload::FULLY_PRESENT => Mapping::data(bat_offset(entry) + within * g.sector_size),
             payload::PARTIALLY_PRESENT => {
-                let bits = self.block_bitmap(bat, block)?;
+                let bits = self.block_bitmap(block)?;
                 let bit = |i: u64| bits[(i / 8) as usize] >> (i % 8) & 1 == 1;
                 let first = bit(within);
                 let run = (within..within + n).take_while(|&i| bit(i) == first).count() as u64;
@@ -399,7 +426,7 @@ impl Layer for VhdxLayer {
         !self.writable
     }
     fn map(&self, lba: u64, count: u64) -> Result<Run> {
-        self.map_run(&read_lock(&self.bat), lba, count)
+        self.map_run(lba, count)
     }
     fn map_for_write(&self, lba: u64, count: u64) -> Result<WriteRun<'_>> {
         self.map_write(lba, count)
@@ -420,14 +447,44 @@ impl Layer for VhdxLayer {
         self.flush_all()
     }
     fn block_status(&self, lba: u64, count: u64) -> Result<BlockStatus> {
-        let bat = read_lock(&self.bat);
-        let first = self.map_run(&bat, lba, count)?;
+        let g = &self.geo;
+        // Walk the BAT a block at a time: the block's entry index (one more past each sector
+        // bitmap entry) and the page holding it, kept while walking a long range.
+        let block = lba / g.sectors_per_block;
+        let mut in_chunk = block % g.chunk_ratio;
+        let mut i = g.payload_index(block) as u64;
+        let mut page = self.bat.page(i / PAGE_ENTRIES)?;
+        let mut page_no = i / PAGE_ENTRIES;
+        let first_entry = page.get((i % PAGE_ENTRIES) as usize).copied().unwrap_or(0);
+        let first = self.map_entry(first_entry, lba, count)?;
         let mut n = first.sectors.clamp(1, count);
+        // Blocks whose entry equals the first one map the same way unless they hold data.
+        let same_entry_same_run = !payload::STORED.contains(&bat_state(first_entry));
         // Merge following runs of the same kind (contiguous data only).
+        let mut block_end = (block + 1) * g.sectors_per_block;
         while n < count {
-            let next = self.map_run(&bat, lba + n, count - n)?;
+            // A run ends at its block's end at the latest: step to the next block there.
+            if lba + n >= block_end {
+                block_end += g.sectors_per_block;
+                in_chunk += 1;
+                i += 1;
+                if in_chunk == g.chunk_ratio {
+                    in_chunk = 0;
+                    i += 1;
+                }
+                if i / PAGE_ENTRIES != page_no {
+                    page_no = i / PAGE_ENTRIES;
+                    page = self.bat.page(page_no)?;
+                }
+            }
+            let e = page.get((i % PAGE_ENTRIES) as usize).copied().unwrap_or(0);
+            if same_entry_same_run && e == first_entry {
+                n += (count - n).min(block_end - (lba + n));
+                continue;
+            }
+            let next = self.map_entry(e, lba + n, count - n)?;
             let same = match (first.mapping, next.mapping) {
-                (Mapping::Data { offset: a, .. }, Mapping::Data { offset: b, .. }) => b == a + n * self.geo.sector_size,
+                (Mapping::Data { offset: a, .. }, Mapping::Data { offset: b, .. }) => b == a + n * g.sector_size,
                 (a, b) => a == b,
             };
             if !same {
@@ -437,11 +494,7 @@ impl Layer for VhdxLayer {
         }
         Ok(match first.mapping {
             Mapping::Data { offset, .. } => BlockStatus::data_at(n, offset),
-            Mapping::Zero
-                if bat_state(bat[self.geo.payload_index(lba / self.geo.sectors_per_block)]) != payload::ZERO =>
-            {
-                BlockStatus::new(n, Allocation::Unallocated)
-            }
+            Mapping::Zero if bat_state(first_entry) != payload::ZERO => BlockStatus::new(n, Allocation::Unallocated),
             Mapping::Zero => BlockStatus::new(n, Allocation::Zero),
             Mapping::Unallocated | Mapping::Special => BlockStatus::new(n, Allocation::Unallocated),
         })

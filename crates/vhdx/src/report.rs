@@ -4,8 +4,9 @@
 
 use crate::bat;
 use crate::format::*;
+use crate::geometry::EntryKind;
 use crate::layer::{LogState, VhdxLayer};
-use disk_core::sync::{lock, read_lock};
+use disk_core::sync::lock;
 use disk_core::{CheckReport, Findings, Format, InfoValue, IoResultExt, Layer, LayerInfo, Repair, Result};
 
 /// What `vdisk info` shows for a VHDX.
@@ -97,6 +98,20 @@ pub(crate) fn check(l: &VhdxLayer, repair: Repair) -> Result<CheckReport> {
             r.corruptions.push(what);
         }
     }
+    if !l.surveyed {
+        // Opened read-only with a large BAT, checked page by page: survey it whole now, from
+        // the file (the entries as stored, not as checked), a page at a time.
+        let log = {
+            let h = l.header();
+            (h.log_offset.get(), u64::from(h.log_length.get()))
+        };
+        let file_len = l.io.len().io_context("reading the file size", 0)?;
+        let raw = bat::table(l.io.clone(), file_len, l.regions.bat.offset, g.total_entries)?;
+        let survey = bat::survey(&raw, g, &l.meta, &l.regions, log, file_len)?;
+        let mut st = lock(&l.state);
+        st.space = survey.space;
+        st.problems = survey.problems;
+    }
     // Unusable BAT entries and overlapping structures, found by the space map on open.
     let problems = std::mem::take(&mut lock(&l.state).problems);
     if fix && problems.count() > 0 {
@@ -126,11 +141,15 @@ pub(crate) fn check(l: &VhdxLayer, repair: Repair) -> Result<CheckReport> {
         LogState::Replayed(n) => r.repaired.push(format!("replayed {n} log entries")),
         LogState::Clean => {}
     }
-    let bat = read_lock(&l.bat);
-    let allocated = (0..g.data_blocks)
-        .filter(|&b| payload::STORED.contains(&bat_state(bat[g.payload_index(b)])))
-        .count() as u64;
-    drop(bat);
+    let mut allocated = 0u64;
+    l.bat.for_each_page(|first, entries| {
+        for (i, &e) in (first..).zip(entries) {
+            if payload::STORED.contains(&bat_state(e)) && matches!(g.entry_kind(i), EntryKind::Payload(_)) {
+                allocated = allocated.saturating_add(1);
+            }
+        }
+        Ok(())
+    })?;
     let (end, keep, gaps) = {
         let st = lock(&l.state);
         let keep = st.used_end();

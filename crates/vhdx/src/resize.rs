@@ -24,7 +24,7 @@ use crate::geometry::Geometry;
 use crate::layer::{MAX_BAT_BYTES, VhdxLayer, WriteState};
 use crate::parse::checksum_with_zero_field;
 use crate::write::{MAX_FILE_SIZE, Txn};
-use disk_core::sync::{lock, read_lock, write_lock};
+use disk_core::sync::lock;
 use disk_core::{Error, IoResultExt, Result, SpaceKind};
 use zerocopy::FromBytes;
 
@@ -39,7 +39,7 @@ impl VhdxLayer {
     /// Zero the bytes of payload block `block` from guest byte `from` (within the block) on.
     fn zero_block_tail(&self, block: u64, from: u64) -> Result<()> {
         let g = &self.geo;
-        let e = read_lock(&self.bat)[g.payload_index(block)];
+        let e = self.bat.get(g.payload_index(block) as u64)?;
         if from < g.block_size && payload::STORED.contains(&bat_state(e)) {
             let at = bat_offset(e) + from;
             self.file
@@ -92,18 +92,8 @@ impl VhdxLayer {
         } else if new_size > old.virtual_size {
             // Bring the BAT entries the new size adds into memory, as the file has them (stale
             // entries from an earlier, larger size are cleared below).
-            {
-                let mut bat = write_lock(&self.bat);
-                let have = bat.len() as u64;
-                if new.total_entries > have {
-                    let mut raw = vec![0u8; ((new.total_entries - have) * 8) as usize];
-                    let at = self.regions.bat.offset + have * 8;
-                    self.file.read_at(&mut raw, at).io_context("reading the BAT", at)?;
-                    bat.extend(
-                        raw.chunks_exact(8)
-                            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
-                    );
-                }
+            if new.total_entries > self.bat.len() {
+                self.bat.set_len(new.total_entries)?;
             }
             let mut clean = Txn::default();
             let last = old.data_blocks.saturating_sub(1);
@@ -112,7 +102,7 @@ impl VhdxLayer {
             }
             for block in old.data_blocks..new.data_blocks {
                 let i = new.payload_index(block);
-                let e = self.entry(&clean, i);
+                let e = self.entry(&clean, i)?;
                 let fixed = self.meta.leave_allocated && !old.has_parent;
                 if fixed {
                     let off = self.allocate(&mut st, old.block_size, SpaceKind::Data)?;
@@ -131,7 +121,7 @@ impl VhdxLayer {
             txn.patches.push(size_patch);
             for block in new.data_blocks..old.data_blocks {
                 let i = old.payload_index(block);
-                let e = self.entry(&txn, i);
+                let e = self.entry(&txn, i)?;
                 if e != 0 {
                     txn.bat.insert(i, 0);
                     if payload::STORED.contains(&bat_state(e)) {
@@ -146,7 +136,7 @@ impl VhdxLayer {
                 for chunk in new.bitmap_blocks..old.bitmap_blocks {
                     let i = old.bitmap_index(chunk);
                     let e = if i < old.total_entries as usize {
-                        self.entry(&txn, i)
+                        self.entry(&txn, i)?
                     } else {
                         0
                     };

@@ -3,12 +3,13 @@
 
 use crate::bat::INVALID_ENTRY;
 use crate::format::*;
+use crate::geometry::EntryKind;
 use crate::layer::{VhdxLayer, WriteState};
 use crate::log::{EntryParams, build_entry, entry_len};
 use crate::parse::{header_bytes, header_offset};
 use disk_core::guid::{MsGuid, new_uuid};
 use disk_core::mapping::{Completion, WriteRun, WriteTarget};
-use disk_core::sync::{lock, read_lock, write_lock};
+use disk_core::sync::{lock, write_lock};
 use disk_core::{Error, ErrorKind, IoResultExt, Result, SpaceKind};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -248,14 +249,17 @@ impl VhdxLayer {
     }
 
     /// Current BAT entry `i`, with pending changes of `txn`.
-    pub(crate) fn entry(&self, txn: &Txn, i: usize) -> u64 {
-        txn.bat.get(&i).copied().unwrap_or_else(|| read_lock(&self.bat)[i])
+    pub(crate) fn entry(&self, txn: &Txn, i: usize) -> Result<u64> {
+        match txn.bat.get(&i) {
+            Some(&e) => Ok(e),
+            None => self.bat.get(i as u64),
+        }
     }
 
     /// Make sure the chunk of `block` has a sector bitmap block.
     fn ensure_bitmap(&self, st: &mut WriteState, txn: &mut Txn, block: u64) -> Result<()> {
         let i = self.geo.bitmap_index(block / self.geo.chunk_ratio);
-        let state = bat_state(self.entry(txn, i));
+        let state = bat_state(self.entry(txn, i)?);
         if state != bitmap::PRESENT && state != bitmap::NOT_PRESENT {
             return Err(Error::corrupt(format!("BAT entry {i} (sector bitmap) is unusable")).in_structure("BAT"));
         }
@@ -279,7 +283,7 @@ impl VhdxLayer {
         };
         let g = &self.geo;
         for &block in &txn.clear {
-            let e = self.entry(&txn, g.bitmap_index(block / g.chunk_ratio));
+            let e = self.entry(&txn, g.bitmap_index(block / g.chunk_ratio))?;
             let start = bat_offset(e) + g.bitmap_byte_offset(block);
             for off in start..start + g.bitmap_bytes_per_block() {
                 let page_off = off / LOG_SECTOR as u64 * LOG_SECTOR as u64;
@@ -289,7 +293,7 @@ impl VhdxLayer {
             }
         }
         for &(block, first, count) in &txn.bits {
-            let e = self.entry(&txn, g.bitmap_index(block / g.chunk_ratio));
+            let e = self.entry(&txn, g.bitmap_index(block / g.chunk_ratio))?;
             let base_bit = g.bitmap_byte_offset(block) * 8 + first;
             for bit in base_bit..base_bit + count {
                 let off = bat_offset(e) + bit / 8;
@@ -321,12 +325,12 @@ impl VhdxLayer {
         let pages: Vec<(u64, Vec<u8>)> = bitmap_pages.into_iter().chain(bat_pages).chain(other_pages).collect();
         self.log_pages(st, &pages)?;
         {
-            // Both under the BAT lock, so no reader pairs a new entry with an old bitmap.
-            let mut bat = write_lock(&self.bat);
-            for (&i, &value) in &txn.bat {
-                bat[i] = value;
-            }
+            // Both under the bitmap cache lock, so no reader pairs a new entry with a cached
+            // old bitmap.
             let mut cache = write_lock(&self.bitmaps);
+            for (&i, &value) in &txn.bat {
+                self.bat.set(i as u64, value)?;
+            }
             for &(block, _, _) in &txn.bits {
                 cache.remove(&block);
             }
@@ -359,13 +363,13 @@ impl VhdxLayer {
         let n = (g.sectors_per_block - within).min(count);
         let i = g.payload_index(block);
         let whole = within == 0 && n >= g.block_sectors(block);
-        let e = read_lock(&self.bat)[i];
+        let e = self.bat.get(i as u64)?;
         let at = |e: u64| bat_offset(e) + within * g.sector_size;
         match bat_state(e) {
             payload::FULLY_PRESENT => return Ok(WriteRun::overwrite(n, at(e))),
             payload::PARTIALLY_PRESENT => {
                 // Sectors already the child's need no bitmap change: a plain overwrite.
-                let bits = self.block_bitmap(&read_lock(&self.bat), block)?;
+                let bits = self.block_bitmap(block)?;
                 if (within..within + n).all(|s| bits[(s / 8) as usize] >> (s % 8) & 1 == 1) {
                     return Ok(WriteRun::overwrite(n, at(e)));
                 }
@@ -386,7 +390,7 @@ impl VhdxLayer {
             _ => {}
         }
         let claim = self.claims.claim(block);
-        let e = read_lock(&self.bat)[i];
+        let e = self.bat.get(i as u64)?;
         if payload::STORED.contains(&bat_state(e)) {
             drop(claim);
             return self.map_write(lba, count);
@@ -426,7 +430,10 @@ impl VhdxLayer {
         let g = self.geo;
         let i = g.payload_index(block);
         let mut st = lock(&self.state);
-        let mut entry = new_entry.unwrap_or_else(|| read_lock(&self.bat)[i]);
+        let mut entry = match new_entry {
+            Some(e) => e,
+            None => self.bat.get(i as u64)?,
+        };
         if whole && bat_state(entry) == payload::PARTIALLY_PRESENT {
             // Every sector is now the child's: no need for the bitmap any more.
             entry = bat_entry(payload::FULLY_PRESENT, bat_offset(entry));
@@ -441,8 +448,7 @@ impl VhdxLayer {
                 st.pending.clear.push(block);
                 vec![0u8; g.bitmap_bytes_per_block() as usize]
             } else {
-                let bat = read_lock(&self.bat);
-                (*self.block_bitmap(&bat, block)?).clone()
+                (*self.block_bitmap(block)?).clone()
             };
             for s in within..within + n {
                 bits[(s / 8) as usize] |= 1 << (s % 8);
@@ -451,12 +457,12 @@ impl VhdxLayer {
             write_lock(&self.pending_bitmaps).insert(block, Arc::new(bits));
             let bi = g.bitmap_index(block / g.chunk_ratio);
             if let Some(&be) = st.pending.bat.get(&bi) {
-                write_lock(&self.bat)[bi] = be;
+                self.bat.set(bi as u64, be)?;
             }
         }
         if fresh || whole {
             st.pending.bat.insert(i, entry);
-            write_lock(&self.bat)[i] = entry;
+            self.bat.set(i as u64, entry)?;
         }
         if st.pending.bat.len() + st.pending.bits.len() > MAX_PENDING {
             self.commit_pending(&mut st)?;
@@ -496,7 +502,7 @@ impl VhdxLayer {
         let mut partial = Vec::new();
         for p in pieces(self, lba, count) {
             let i = g.payload_index(p.block);
-            let e = self.entry(&txn, i);
+            let e = self.entry(&txn, i)?;
             let state = bat_state(e);
             let stored = payload::STORED.contains(&state);
             let unstored = matches!(state, payload::NOT_PRESENT | payload::UNDEFINED | payload::UNMAPPED);
@@ -565,17 +571,20 @@ impl VhdxLayer {
         self.check_writable()?;
         let g = self.geo;
         let mut txn = Txn::default();
-        for (i, &e) in read_lock(&self.bat).iter().enumerate() {
-            if e == INVALID_ENTRY {
-                let is_bitmap = (i as u64 + 1).is_multiple_of(g.chunk_ratio + 1);
-                let state = if g.has_parent && !is_bitmap {
-                    payload::ZERO
-                } else {
-                    payload::NOT_PRESENT
-                };
-                txn.bat.insert(i, bat_entry(state, 0));
+        self.bat.for_each_page(|first, entries| {
+            for (i, &e) in (first..).zip(entries) {
+                if e == INVALID_ENTRY {
+                    let is_bitmap = matches!(g.entry_kind(i), EntryKind::Bitmap(_));
+                    let state = if g.has_parent && !is_bitmap {
+                        payload::ZERO
+                    } else {
+                        payload::NOT_PRESENT
+                    };
+                    txn.bat.insert(i as usize, bat_entry(state, 0));
+                }
             }
-        }
+            Ok(())
+        })?;
         let mut st = lock(&self.state);
         let n = txn.bat.len();
         if n > 0 {

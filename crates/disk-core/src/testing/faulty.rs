@@ -66,6 +66,8 @@ impl FaultPlan {
 pub struct OpCounts {
     /// `read_at` calls.
     pub reads: u64,
+    /// Bytes asked for by `read_at` calls.
+    pub bytes_read: u64,
     /// `write_at` and `punch_hole` calls.
     pub writes: u64,
     /// `flush` calls.
@@ -93,6 +95,7 @@ pub struct FaultyStorage<S: Storage> {
     inner: S,
     plan: Mutex<FaultPlan>,
     reads: AtomicU64,
+    bytes_read: AtomicU64,
     writes: AtomicU64,
     flushes: AtomicU64,
     set_lens: AtomicU64,
@@ -116,6 +119,7 @@ impl<S: Storage> FaultyStorage<S> {
             inner,
             plan: Mutex::new(FaultPlan::none()),
             reads: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             set_lens: AtomicU64::new(0),
@@ -176,6 +180,7 @@ impl<S: Storage> FaultyStorage<S> {
     pub fn counts(&self) -> OpCounts {
         OpCounts {
             reads: self.reads.load(Ordering::SeqCst),
+            bytes_read: self.bytes_read.load(Ordering::SeqCst),
             writes: self.writes.load(Ordering::SeqCst),
             flushes: self.flushes.load(Ordering::SeqCst),
             set_lens: self.set_lens.load(Ordering::SeqCst),
@@ -213,6 +218,7 @@ impl<S: Storage> FaultyStorage<S> {
 impl<S: Storage> Storage for FaultyStorage<S> {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.check(&self.reads, |p| p.read, "read")?;
+        self.bytes_read.fetch_add(buf.len() as u64, Ordering::SeqCst);
         self.inner.read_at(buf, offset)
     }
 
@@ -274,6 +280,7 @@ mod tests {
             s.counts(),
             OpCounts {
                 reads: 3,
+                bytes_read: 8,
                 writes: 1,
                 flushes: 2,
                 set_lens: 1,
