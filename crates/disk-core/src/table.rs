@@ -19,6 +19,11 @@ use crate::sync::{read_lock, write_lock};
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
+/// Most bytes of tables a read-only open reads whole to survey an image's space; an image with
+/// larger tables is checked as its tables are read instead (the engines document what that
+/// leaves to `check`).
+pub const EAGER_SURVEY_BYTES: u64 = 16 << 20;
+
 /// Entries per page: 32 KiB of 8-byte entries, 16 KiB of 4-byte ones.
 pub const PAGE_ENTRIES: u64 = 4096;
 

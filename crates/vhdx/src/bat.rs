@@ -1,7 +1,7 @@
 //! The BAT: read in pages on demand ([`PagedTable`]), every entry checked before use, and the
 //! space map of the image built from it.
 //!
-//! A writable open (and a read-only open of a BAT of at most [`EAGER_SURVEY_BYTES`]) surveys
+//! A writable open (and a read-only open of a BAT of at most [`EAGER_SURVEY_BYTES`](disk_core::table::EAGER_SURVEY_BYTES)) surveys
 //! the whole BAT: every structure and stored block is recorded in a [`SpaceMap`], and a block
 //! that lies past the end of the file or on space already recorded (the header section, the
 //! log, the metadata region, the BAT, another block) is unusable: its in-memory entry becomes
@@ -25,9 +25,6 @@ use std::sync::Arc;
 /// State written into the in-memory copy of a BAT entry found unusable on open: reads of its
 /// block fail (the value is a reserved state, never written to the file).
 pub(crate) const INVALID_ENTRY: u64 = payload::RESERVED[0] as u64;
-
-/// Largest BAT a read-only open surveys whole; larger ones are checked page by page.
-pub(crate) const EAGER_SURVEY_BYTES: u64 = 16 * MIB;
 
 /// Bytes of unchanged BAT pages kept in memory.
 pub(crate) const BAT_CACHE_BYTES: u64 = 16 * MIB;

@@ -193,7 +193,7 @@ impl VhdxLayer {
         let table = bat::table(view.clone(), view_len, regions.bat.offset, geo.total_entries)?;
         // A writable open needs every block recorded before anything is written; a read-only
         // one surveys only a small BAT (see the `bat` module).
-        let surveyed = ctx.writable || bat_bytes <= bat::EAGER_SURVEY_BYTES;
+        let surveyed = ctx.writable || bat_bytes <= disk_core::table::EAGER_SURVEY_BYTES;
         let (table, mut survey) = if surveyed {
             let survey = bat::survey(&table, &geo, &meta, &regions, log_area, view_len)?;
             (table, survey)

@@ -58,8 +58,16 @@ pub(crate) struct OpenedSparse {
     pub descriptor: Option<(Vec<u8>, u64, u64)>,
 }
 
-/// Open a KDMV, COWD or seSparse extent from `storage`.
-pub(crate) fn open_sparse(storage: Arc<dyn Storage>) -> Result<OpenedSparse> {
+/// Open a KDMV, COWD or seSparse extent from `storage`, for writing if `writable`, and map its
+/// space (see [`SparseExtent::map_on_open`]).
+pub(crate) fn open_sparse(storage: Arc<dyn Storage>, writable: bool) -> Result<OpenedSparse> {
+    let opened = open_sparse_layout(storage)?;
+    opened.extent.map_on_open(writable)?;
+    Ok(opened)
+}
+
+/// Open a KDMV, COWD or seSparse extent from `storage`, its space not mapped yet.
+fn open_sparse_layout(storage: Arc<dyn Storage>) -> Result<OpenedSparse> {
     let len = file_len(&*storage)?;
     if len < SECTOR {
         return Err(Error::corrupt(format!("sparse extent of {len} bytes is truncated")));
@@ -181,7 +189,7 @@ fn open_kdmv(storage: Arc<dyn Storage>, len: u64) -> Result<OpenedSparse> {
         data_start: h.over_head.get().saturating_mul(SECTOR),
     };
     Ok(OpenedSparse {
-        extent: SparseExtent::new(storage, layout, len)?,
+        extent: SparseExtent::new(storage, layout, len),
         descriptor,
     })
 }
@@ -213,7 +221,7 @@ fn open_cowd(storage: Arc<dyn Storage>, len: u64) -> Result<OpenedSparse> {
         data_start: 0,
     };
     Ok(OpenedSparse {
-        extent: SparseExtent::new(storage, layout, len)?,
+        extent: SparseExtent::new(storage, layout, len),
         descriptor: None,
     })
 }
@@ -277,7 +285,7 @@ fn open_sesparse(storage: Arc<dyn Storage>, len: u64) -> Result<OpenedSparse> {
         data_start: 0,
     };
     Ok(OpenedSparse {
-        extent: SparseExtent::new(storage, layout, len)?,
+        extent: SparseExtent::new(storage, layout, len),
         descriptor: None,
     })
 }
@@ -302,7 +310,7 @@ pub(crate) fn open_layer(storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Re
     storage.read_at(&mut magic[..n], 0).io_context("reading the magic", 0)?;
     // A file shorter than the magic reads as zero-padded (and is then refused as truncated).
     if SparseKind::of(&magic).is_some() {
-        let opened = open_sparse(storage.clone())?;
+        let opened = open_sparse(storage.clone(), ctx.writable)?;
         let capacity = opened.extent.capacity;
         let (descriptor, home) = match &opened.descriptor {
             Some((bytes, off, size)) => (
@@ -429,7 +437,9 @@ pub(crate) fn open_layer(storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Re
                     .in_structure("descriptor"));
                 }
                 let what = |e: Error| e.with_file(&opened.path);
-                Extent::Sparse(Box::new(open_sparse(opened.storage.clone()).map_err(what)?.extent))
+                Extent::Sparse(Box::new(
+                    open_sparse(opened.storage.clone(), ctx.writable).map_err(what)?.extent,
+                ))
             }
         };
         let end = start

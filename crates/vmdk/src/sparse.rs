@@ -9,7 +9,7 @@ use disk_core::sync::{lock, read_lock, write_lock};
 use disk_core::{Disk, Error, IoResultExt, Result, SpaceKind, SpaceMap, Storage};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use zerocopy::{FromZeros, IntoBytes};
 
 mod resize;
@@ -121,6 +121,10 @@ pub(crate) struct SparseExtent {
     any_bad: AtomicBool,
     reserved: Vec<(u64, u64, SpaceKind)>,
     data_start: u64,
+    /// Set when the grain tables were not read on open (a read-only open of large tables):
+    /// the extent's structures (headers, directories, tables), which every grain is checked
+    /// against when it is looked up.
+    structures: OnceLock<SpaceMap>,
 }
 
 /// Inflate `packed` into a whole grain of `grain_bytes` (a short stream leaves zeros, as QEMU
@@ -141,13 +145,11 @@ fn corrupt(msg: String, offset: u64) -> Error {
 }
 
 impl SparseExtent {
-    /// Wrap a validated layout and map the file's space: every table and grain is recorded,
-    /// and entries that point past the end of the file or onto other structures are marked
-    /// unusable (see [`SparseExtent::conflicts`]).
-    pub fn new(storage: Arc<dyn Storage>, layout: Layout, file_len: u64) -> Result<Self> {
+    /// Wrap a validated layout (its space is mapped by [`SparseExtent::map_on_open`]).
+    pub fn new(storage: Arc<dyn Storage>, layout: Layout, file_len: u64) -> Self {
         let gt_bytes = layout.gtes.saturating_mul(8).max(1);
         let cache_max = usize::try_from(GT_CACHE_BYTES.checked_div(gt_bytes).unwrap_or(0).max(16)).unwrap_or(16);
-        let extent = SparseExtent {
+        SparseExtent {
             storage,
             flavor: layout.flavor,
             capacity: layout.capacity,
@@ -171,10 +173,8 @@ impl SparseExtent {
             any_bad: AtomicBool::new(false),
             reserved: layout.reserved,
             data_start: layout.data_start,
-        };
-        let scan = extent.map_space(&mut |_| {})?;
-        extent.install(scan);
-        Ok(extent)
+            structures: OnceLock::new(),
+        }
     }
 
     /// Byte offset of the grain directory.
@@ -355,7 +355,20 @@ impl SparseExtent {
             .get(usize::try_from(g % self.gtes).unwrap_or(usize::MAX))
             .copied()
             .unwrap_or(0);
-        Ok((self.decode(g, e)?, 1))
+        let loc = self.decode(g, e)?;
+        if let Some(structures) = self.structures.get() {
+            let on = match loc {
+                GrainLoc::Data(o) => Some((o, self.grain_bytes())),
+                GrainLoc::Compressed(o) => Some((o, SECTOR)),
+                GrainLoc::Unallocated | GrainLoc::Zero => None,
+            };
+            if let Some((o, len)) = on
+                && let Err(c) = structures.check(o, len, SpaceKind::Data)
+            {
+                return Err(corrupt(format!("grain {g}: {c}; it cannot be read"), o));
+            }
+        }
+        Ok((loc, 1))
     }
 
     /// What grain table entry `e` of grain `g` means.

@@ -402,3 +402,45 @@ fn repair_survives_a_crash_anywhere() {
     });
     assert!(dry.writes() >= 4, "{} writes", dry.writes());
 }
+
+#[test]
+fn large_tables_are_read_on_demand_and_checked_as_read() {
+    // 512 GiB: 16384 grain tables of 2 KiB in each copy, more than a read-only open surveys.
+    let size = 512u64 << 30;
+    let mut b = image(size);
+    let g0 = u32_at(&b, gte(&b, 0, false));
+    let gd = u64_at(&b, GD_OFFSET) as u32;
+    // Grain 5 on the grain directory, grain 6 past the end of the file, grain 7 on grain 0.
+    point(&mut b, 5, gd);
+    let past_end = (b.len() / 512 + 1000) as u32;
+    point(&mut b, 6, past_end);
+    point(&mut b, 7, g0);
+    let storage = Arc::new(disk_core::testing::FaultyStorage::new(MemStorage::from_bytes(&b)));
+    let layer = VmdkDriver
+        .open(storage.clone(), &ctx(&disk_core::DenyExternal, false, false))
+        .unwrap();
+    let disk = Image::single(layer, None);
+    let opened = storage.counts().bytes_read;
+    assert!(opened < 4 * MIB, "open read {opened} bytes of 64 MiB of tables");
+    assert_eq!(read_grain(&disk, 0).unwrap(), vec![0x11; GRAIN]);
+    assert_eq!(read_grain(&disk, 2).unwrap(), vec![0x22; GRAIN]);
+    assert_eq!(read_grain(&disk, size / GRAIN as u64 - 1).unwrap(), vec![0; GRAIN]);
+    for g in [5, 6] {
+        let e = read_grain(&disk, g).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "grain {g}: {e}");
+    }
+    // Two grains on each other lie inside the image: read-only, grain 7 reads grain 0's bytes
+    // (as QEMU does); `check` and a writable open find the overlap.
+    assert_eq!(read_grain(&disk, 7).unwrap(), vec![0x11; GRAIN]);
+    let read = storage.counts().bytes_read - opened;
+    assert!(read < 4 * MIB, "six grain reads fetched {read} bytes");
+    let report = disk.top().check(Repair::None).unwrap();
+    let all = report.corruptions.iter().cloned().collect::<Vec<_>>().join("\n");
+    for g in ["grain 5 ", "grain 6 ", "grain 7 "] {
+        assert!(all.contains(g), "{g}: {all}");
+    }
+    assert!(
+        open_bytes(&b, true, false).is_err(),
+        "a writable open surveys and refuses"
+    );
+}

@@ -17,6 +17,7 @@
 use super::{Flavor, GrainLoc, SparseExtent};
 use crate::format::{self, GrainMarker, SECTOR, SparseExtentHeader};
 use disk_core::sync::{lock, read_lock, write_lock};
+use disk_core::table::EAGER_SURVEY_BYTES;
 use disk_core::{Conflict, Error, Findings, IoResultExt, Repair, Result, SpaceKind, SpaceMap, SpaceRange};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -101,63 +102,36 @@ fn past_end(start: u64, len: u64, kind: SpaceKind, file_len: u64) -> Conflict {
 }
 
 impl SparseExtent {
+    /// Map the file's space on open: all of it (see [`SparseExtent::map_space`]) when the
+    /// extent is opened for writing or its grain tables are small; otherwise only its
+    /// structures (header, descriptor, directories and the tables they name, none of them
+    /// read), and each grain is checked against them when it is looked up. Two grains on each
+    /// other are then found only by `check`; reading them reads the extent's own bytes.
+    pub(crate) fn map_on_open(&self, writable: bool) -> Result<()> {
+        let tables = read_lock(&self.gd).iter().filter(|&&e| e != 0).count() as u64;
+        if writable || tables.saturating_mul(self.gt_bytes()) <= EAGER_SURVEY_BYTES {
+            let scan = self.map_space(&mut |_| {})?;
+            self.install(scan);
+        } else {
+            let (space, bad, _) = self.map_tables(&mut |_| {});
+            let _ = self.structures.set(space.clone());
+            self.install(Scan {
+                space,
+                bad,
+                allocated: 0,
+            });
+        }
+        Ok(())
+    }
+
     /// Map the file (see the module docs); `report` hears about every conflict, named.
     pub(crate) fn map_space(&self, report: &mut dyn FnMut(String)) -> Result<Scan> {
+        let (mut space, mut bad, sound) = self.map_tables(report);
         let file_len = self.file_len();
-        let mut space = SpaceMap::new(file_len);
-        let mut bad = BadEntries::default();
         let mut note = |space: &mut SpaceMap, what: &str, c: Conflict| {
             report(format!("{what}: {c}"));
             space.note(c);
         };
-        for &(start, len, kind) in &self.reserved {
-            if let Err(c) = space.claim(start, len, kind) {
-                note(&mut space, kind.name(), c);
-            }
-        }
-        let gd = self.gd_entries();
-        let gd_bytes = (gd.len() as u64).saturating_mul(self.entry_size);
-        if let Err(c) = claim_rounded(&mut space, self.gd_offset, gd_bytes, SpaceKind::GrainDirectory) {
-            note(&mut space, "grain directory", c);
-        }
-        let rgd = read_lock(&self.rgd).clone();
-        if let Some((_, at)) = &rgd
-            && let Err(c) = claim_rounded(&mut space, *at, gd_bytes, SpaceKind::GrainDirectory)
-        {
-            note(&mut space, "redundant grain directory", c);
-            bad.redundant_dir = true;
-        }
-        let gt_bytes = self.gt_bytes();
-        // Claim the table a directory entry names: `None` for an entry naming no table.
-        let claim_table = |space: &mut SpaceMap, e: u64| match self.gt_offset(e) {
-            Ok(Some(off)) => Some(claim_rounded(space, off, gt_bytes, SpaceKind::GrainTable).map(|()| off)),
-            Ok(None) => None,
-            Err(_) => Some(Err(past_end(
-                e.saturating_mul(SECTOR),
-                gt_bytes,
-                SpaceKind::GrainTable,
-                file_len,
-            ))),
-        };
-        let mut sound = Vec::new();
-        for (i, &e) in (0u64..).zip(&gd).filter(|(_, e)| **e != 0) {
-            match claim_table(&mut space, e) {
-                None => {}
-                Some(Ok(off)) => sound.push((i, off)),
-                Some(Err(c)) => {
-                    note(&mut space, &format!("grain table {i}"), c);
-                    bad.tables.insert(i);
-                }
-            }
-        }
-        if let Some((entries, _)) = rgd.as_ref().filter(|_| !bad.redundant_dir) {
-            for (i, &e) in (0u64..).zip(entries).filter(|(_, e)| **e != 0) {
-                if let Some(Err(c)) = claim_table(&mut space, e) {
-                    note(&mut space, &format!("redundant grain table {i}"), c);
-                    bad.redundant_tables.insert(i);
-                }
-            }
-        }
         let grains = self.capacity.div_ceil(self.grain);
         let gb = self.grain_bytes();
         let mut allocated = 0u64;
@@ -203,6 +177,117 @@ impl SparseExtent {
             run.clear();
         }
         Ok(Scan { space, bad, allocated })
+    }
+
+    /// Record the extent's structures: the reserved ranges, both grain directories and the
+    /// tables they name (not read). Returns the map, the unusable entries found, and the
+    /// sound primary tables (directory index, byte offset).
+    fn map_tables(&self, report: &mut dyn FnMut(String)) -> (SpaceMap, BadEntries, Vec<(u64, u64)>) {
+        let file_len = self.file_len();
+        let mut space = SpaceMap::new(file_len);
+        let mut bad = BadEntries::default();
+        let mut note = |space: &mut SpaceMap, what: &str, c: Conflict| {
+            report(format!("{what}: {c}"));
+            space.note(c);
+        };
+        for &(start, len, kind) in &self.reserved {
+            if let Err(c) = space.claim(start, len, kind) {
+                note(&mut space, kind.name(), c);
+            }
+        }
+        let gd = self.gd_entries();
+        let gd_bytes = (gd.len() as u64).saturating_mul(self.entry_size);
+        if let Err(c) = claim_rounded(&mut space, self.gd_offset, gd_bytes, SpaceKind::GrainDirectory) {
+            note(&mut space, "grain directory", c);
+        }
+        let rgd = read_lock(&self.rgd).clone();
+        if let Some((_, at)) = &rgd
+            && let Err(c) = claim_rounded(&mut space, *at, gd_bytes, SpaceKind::GrainDirectory)
+        {
+            note(&mut space, "redundant grain directory", c);
+            bad.redundant_dir = true;
+        }
+        let mut sound = Vec::new();
+        let mut bad_tables = Vec::new();
+        self.claim_tables(&mut space, &gd, &mut |i, off| match off {
+            Ok(off) => sound.push((i, off)),
+            Err(c) => bad_tables.push((i, c)),
+        });
+        for (i, c) in bad_tables {
+            note(&mut space, &format!("grain table {i}"), c);
+            bad.tables.insert(i);
+        }
+        if let Some((entries, _)) = rgd.as_ref().filter(|_| !bad.redundant_dir) {
+            let mut bad_tables = Vec::new();
+            self.claim_tables(&mut space, entries, &mut |i, off| {
+                if let Err(c) = off {
+                    bad_tables.push((i, c));
+                }
+            });
+            for (i, c) in bad_tables {
+                note(&mut space, &format!("redundant grain table {i}"), c);
+                bad.redundant_tables.insert(i);
+            }
+        }
+        (space, bad, sound)
+    }
+
+    /// Record the grain tables directory `entries` name, telling `done` each table's index and
+    /// its offset, or why it cannot be recorded. Tables stored one after another (as QEMU and
+    /// VMware lay them out) are recorded as one range; a run that conflicts, table by table.
+    fn claim_tables(
+        &self,
+        space: &mut SpaceMap,
+        entries: &[u64],
+        done: &mut dyn FnMut(u64, std::result::Result<u64, Conflict>),
+    ) {
+        let file_len = self.file_len();
+        let gt_bytes = self.gt_bytes();
+        let span = gt_bytes.div_ceil(SECTOR).saturating_mul(SECTOR);
+        let mut run: Vec<(u64, u64)> = Vec::new();
+        let flush = |space: &mut SpaceMap,
+                     run: &mut Vec<(u64, u64)>,
+                     done: &mut dyn FnMut(u64, std::result::Result<u64, Conflict>)| {
+            let Some(&(_, first)) = run.first() else {
+                return;
+            };
+            let len = span.saturating_mul(run.len() as u64);
+            if run.len() > 1 && space.claim(first, len, SpaceKind::GrainTable).is_ok() {
+                run.iter().for_each(|&(i, off)| done(i, Ok(off)));
+            } else {
+                for &(i, off) in run.iter() {
+                    done(
+                        i,
+                        claim_rounded(space, off, gt_bytes, SpaceKind::GrainTable).map(|()| off),
+                    );
+                }
+            }
+            run.clear();
+        };
+        for (i, &e) in (0u64..).zip(entries).filter(|(_, e)| **e != 0) {
+            match self.gt_offset(e) {
+                Ok(Some(off)) => {
+                    if run.last().is_some_and(|&(_, last)| last.checked_add(span) != Some(off)) {
+                        flush(space, &mut run, done);
+                    }
+                    run.push((i, off));
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    flush(space, &mut run, done);
+                    done(
+                        i,
+                        Err(past_end(
+                            e.saturating_mul(SECTOR),
+                            gt_bytes,
+                            SpaceKind::GrainTable,
+                            file_len,
+                        )),
+                    );
+                }
+            }
+        }
+        flush(space, &mut run, done);
     }
 
     /// Record uncompressed grains `(entry, offset)` of table `t` stored one after another: as
