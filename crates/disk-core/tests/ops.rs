@@ -52,6 +52,60 @@ fn copy_skips_holes_and_zero_data() {
 }
 
 #[test]
+fn copy_with_many_workers_in_and_out_of_order_and_failing() {
+    use disk_core::testing::{FaultPlan, FaultyStorage};
+    let src_store = sized(40 << 20);
+    let mut rng = disk_core::SplitMix64::new(7);
+    for i in 0..200u64 {
+        let at = rng.next_u64() % ((40 << 20) - 70_000);
+        src_store
+            .write_at(&vec![(i as u8) | 1; 1 + (i as usize * 331) % 70_000], at)
+            .unwrap();
+    }
+    let src = raw(src_store.clone(), false);
+    for (workers, out_of_order) in [(1, false), (3, false), (8, true), (16, true)] {
+        let dst_store = sized(40 << 20);
+        let dst = raw(dst_store.clone(), true);
+        let mut last = 0;
+        let mut progress = |done: u64, total: u64| {
+            assert!(done >= last && done <= total);
+            last = done;
+        };
+        let stats = ops::copy(
+            &src,
+            &dst,
+            CopyOptions {
+                progress: Some(&mut progress),
+                buffer_size: 256 << 10,
+                zero_granularity: if out_of_order { 0 } else { 4096 },
+                workers,
+                out_of_order,
+            },
+        )
+        .unwrap();
+        assert_eq!(stats.bytes_written + stats.bytes_skipped, 40 << 20);
+        assert_eq!(last, 40 << 20);
+        assert_eq!(dst_store.to_vec(), src_store.to_vec(), "{workers} workers");
+    }
+    // A read that fails stops every worker and returns the error (no hang), in both modes.
+    for out_of_order in [false, true] {
+        let failing =
+            Arc::new(FaultyStorage::new(src_store.clone()).with_plan(FaultPlan::none().read(30).sticky(true)));
+        let src = Image::single(Box::new(RawLayer::open(failing, false).unwrap()), None);
+        let dst = raw(sized(40 << 20), true);
+        let options = CopyOptions {
+            buffer_size: 64 << 10,
+            workers: 4,
+            out_of_order,
+            ..Default::default()
+        };
+        let e = ops::copy(&src, &dst, options).unwrap_err();
+        let chain = disk_core::display_chain(&e);
+        assert!(chain.contains("injected fault"), "{chain}");
+    }
+}
+
+#[test]
 fn compare_reports_first_difference_like_qemu() {
     let a_store = sized(1 << 20);
     let b_store = sized(1 << 20);

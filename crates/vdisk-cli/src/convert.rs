@@ -91,6 +91,22 @@ pub struct ConvertArgs {
     /// back in its own time) or `writeback` (flush to stable storage before exiting).
     #[arg(short = 't', value_name = "CACHE", default_value = "unsafe", value_parser = ["unsafe", "writeback"])]
     pub cache: String,
+    /// Threads reading (and decompressing) the source, as qemu-img's coroutines (default: one
+    /// per core).
+    #[arg(short = 'm', value_name = "N", value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub workers: Option<u16>,
+    /// Allow out-of-order writes to DST (faster, the output's layout follows the reads);
+    /// refused with a compressed (stream-optimized) output.
+    #[arg(short = 'W')]
+    pub out_of_order: bool,
+    /// Zero detection: source data that is all zeros in pieces of this size (bytes or with a
+    /// K/M suffix, a multiple of 512) is not written; 0 writes every byte of the source's
+    /// data. Default 64K.
+    #[arg(short = 'S', value_name = "SIZE")]
+    pub sparse_size: Option<String>,
+    /// Compress the output: for VMDK, the streamOptimized subformat (qemu-img's meaning).
+    #[arg(short = 'c')]
+    pub compress: bool,
     /// The image to copy (with its whole backing chain).
     pub src: PathBuf,
     /// The new standalone image.
@@ -103,7 +119,29 @@ const MIB: u64 = 1 << 20;
 pub fn run_convert(ctx: &Ctx, args: &ConvertArgs) -> CmdResult {
     let src_format = parse_format_opt(args.format.as_deref())?;
     let dst_format = parse_format(&args.output_format)?;
-    let options = parse_options(&args.options)?;
+    let mut options = parse_options(&args.options)?;
+    if args.compress {
+        if dst_format != vdisk::Format::Vmdk {
+            return Err(Failure::new(format!(
+                "compression (-c) is supported for VMDK output only (as stream-optimized), not {dst_format}"
+            )));
+        }
+        match options.get("subformat") {
+            None => options.set("subformat", "streamOptimized"),
+            Some(s) if s.eq_ignore_ascii_case("streamOptimized") => {}
+            Some(s) => {
+                return Err(Failure::new(format!(
+                    "compression (-c) needs subformat=streamOptimized, not {s}"
+                )));
+            }
+        }
+    }
+    let zero_granularity = match args.sparse_size.as_deref().map(parse_size).transpose()? {
+        Some(n) if n % 512 != 0 => {
+            return Err(Failure::new(format!("-S {n}: the size must be a multiple of 512")));
+        }
+        n => n.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+    };
     let src = ctx.open(&args.src, src_format, false, MissingParent::Fail)?;
     // Replacing a file the source is read from would destroy it (or a child relying on it).
     if let Ok(dst) = args.dst.canonicalize() {
@@ -134,6 +172,9 @@ pub fn run_convert(ctx: &Ctx, args: &ConvertArgs) -> CmdResult {
         options,
         progress: if bar.is_some() { Some(&mut report) } else { None },
         durable: args.cache == "writeback",
+        workers: args.workers.map_or(0, usize::from),
+        out_of_order: args.out_of_order,
+        zero_granularity,
     };
     let azure = dst_format == vdisk::Format::Vhd && convert_options.options.get("azure").is_some_and(|v| v == "on");
     let size = src.virtual_size();

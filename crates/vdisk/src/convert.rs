@@ -19,6 +19,13 @@ pub struct ConvertOptions<'a> {
     /// own time, as `qemu-img convert` does by default (`-t unsafe`): much faster, and a
     /// conversion interrupted by a host crash is worthless either way.
     pub durable: bool,
+    /// Threads reading the source (qemu-img's `-m`); 0 means one per available core.
+    pub workers: usize,
+    /// Write chunks in any order (qemu-img's `-W`); refused for stream-optimized VMDK output.
+    pub out_of_order: bool,
+    /// Zero detection granularity in bytes (qemu-img's `-S`): all-zero pieces of this size in
+    /// the source's data are not written; 0 writes all data. `None` is the default (64 KiB).
+    pub zero_granularity: Option<usize>,
 }
 
 impl<'a> ConvertOptions<'a> {
@@ -29,6 +36,9 @@ impl<'a> ConvertOptions<'a> {
             options: Options::new(),
             progress: None,
             durable: true,
+            workers: 0,
+            out_of_order: false,
+            zero_granularity: None,
         }
     }
 }
@@ -39,6 +49,17 @@ impl<'a> ConvertOptions<'a> {
 pub fn convert(src: &dyn Disk, dst: impl AsRef<Path>, options: ConvertOptions<'_>) -> Result<CopyStats> {
     let dst = dst.as_ref();
     let size = src.virtual_size();
+    let streamed = options.format == Format::Vmdk
+        && options
+            .options
+            .get("subformat")
+            .is_some_and(|s| s.eq_ignore_ascii_case("streamOptimized"));
+    if options.out_of_order && streamed {
+        return Err(Error::invalid_argument(
+            "out-of-order writes (-W) and a stream-optimized (compressed) output are mutually exclusive",
+        ))
+        .with_file(dst);
+    }
     let mut create_opts = CreateOptions::new(options.format, size);
     create_opts.options = options.options;
     create(dst, &create_opts)?;
@@ -55,12 +76,16 @@ pub fn convert(src: &dyn Disk, dst: impl AsRef<Path>, options: ConvertOptions<'_
             .writable(true)
             .resolver(Arc::new(own_files));
         let out = open_storage(Arc::new(storage), Some(dst), &open_options)?;
+        let defaults = CopyOptions::default();
         let stats = ops::copy(
             src,
             &out,
             CopyOptions {
                 progress: options.progress,
-                ..CopyOptions::default()
+                workers: options.workers,
+                out_of_order: options.out_of_order,
+                zero_granularity: options.zero_granularity.unwrap_or(defaults.zero_granularity),
+                ..defaults
             },
         )?;
         out.flush()?;

@@ -490,10 +490,8 @@ pub fn flatten(path: impl AsRef<Path>, options: &OpenOptions) -> Result<()> {
             &image,
             &temp,
             ConvertOptions {
-                format,
                 options: out,
-                progress: None,
-                durable: true,
+                ..ConvertOptions::new(format)
             },
         )?;
         FileStorage::open(&temp, true)
