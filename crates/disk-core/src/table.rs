@@ -184,12 +184,14 @@ impl PagedTable {
     /// Entry `i`. An index past the end reads as 0.
     pub fn get(&self, i: u64) -> Result<u64> {
         let p = i / PAGE_ENTRIES;
-        let page = self.page(p)?;
-        Ok(usize::try_from(i % PAGE_ENTRIES)
-            .ok()
-            .and_then(|k| page.get(k))
-            .copied()
-            .unwrap_or(0))
+        let k = usize::try_from(i % PAGE_ENTRIES).unwrap_or(usize::MAX);
+        let slot = usize::try_from(p).unwrap_or(usize::MAX);
+        // A resident page answers under the read lock, without touching its reference count
+        // (which readers on other cores would contend for).
+        if let Some(Some(page)) = read_lock(&self.pages).slots.get(slot) {
+            return Ok(page.get(k).copied().unwrap_or(0));
+        }
+        Ok(self.page(p)?.get(k).copied().unwrap_or(0))
     }
 
     /// The entries of page `p` (entries `p * PAGE_ENTRIES ..`), read if not resident. A page
