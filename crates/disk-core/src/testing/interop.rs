@@ -153,8 +153,8 @@ pub fn read_all(disk: &dyn Disk) -> Vec<u8> {
     data
 }
 
-/// The content digest the test-data manifests record for a disk (see
-/// `../shared/testdata/README.md` and `../shared/tools/content-digest`): sha256 over every
+/// The content digest the test-data manifests record for a disk (their `content_digest`; the
+/// `digest` function of `testdata/generate.sh` computes the same): sha256 over every
 /// [`DIGEST_CHUNK`] (1 MiB) chunk of the guest view that is not all zeros, each preceded by its
 /// chunk index as 8 little-endian bytes. The last chunk may be short. An all-zero disk digests
 /// to `e3b0c442...`, the sha256 of nothing.
@@ -489,8 +489,8 @@ mod tests {
         assert_eq!(content_digest(&disk).unwrap(), sha256_hex(b""));
     }
 
-    /// Known answer computed independently with Python's hashlib, as
-    /// `../shared/tools/content-digest` does:
+    /// Known answer computed independently with Python's hashlib, as `testdata/generate.sh`
+    /// does:
     ///
     /// ```python
     /// import hashlib
