@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the sample images in this directory with qemu-img/qemu-io and records what QEMU
-# reads from each (virtual size and content digest, as ../../shared/tools/content-digest
-# computes it) in manifest.json. The images are tiny (mostly unallocated), so they live in git.
+# reads from each (virtual size and content digest: see `digest` below and
+# disk_core::testing::interop::content_digest) in manifest.json. The images are tiny (mostly
+# unallocated), so they live in git.
 #
 # Usage: testdata/generate.sh   (needs qemu-img, qemu-io, python3)
 set -euo pipefail

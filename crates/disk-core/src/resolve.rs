@@ -740,7 +740,7 @@ mod tests {
                 rustix::fs::makedev(major, minor),
             );
             if node.is_err() {
-                eprintln!("skipped {name}: cannot make device nodes here");
+                crate::testing::interop::report_skip(name, "cannot make device nodes here");
                 continue;
             }
             let e = FsResolver::new(FsPolicy::SameDirectory)

@@ -142,7 +142,7 @@ fn fifo_or_character_device_as_the_image() {
     let fifo = dir.join("pipe.vhd");
     let made = std::process::Command::new("mkfifo").arg(&fifo).status();
     if !made.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: mkfifo is not available");
+        disk_core::testing::interop::report_skip("fifo_or_character_device_as_the_image", "mkfifo is not available");
         return;
     }
     let f = fifo.to_str().unwrap();

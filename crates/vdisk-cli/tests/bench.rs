@@ -96,7 +96,7 @@ fn assert_clean(image: &Path, format: &str) {
 }
 
 fn have_qemu_img() -> bool {
-    disk_core::testing::interop::have("qemu-img")
+    tools_available("bench tests (qemu-img part)", &["qemu-img"])
 }
 
 #[test]

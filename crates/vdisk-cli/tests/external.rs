@@ -82,12 +82,12 @@ fn extents_outside_the_directory_are_refused_by_default() {
 #[test]
 fn etc_passwd_as_a_flat_extent() {
     let Ok(meta) = std::fs::metadata("/etc/passwd") else {
-        eprintln!("skipped: no /etc/passwd here");
+        disk_core::testing::interop::report_skip("etc_passwd_as_a_flat_extent", "no /etc/passwd here");
         return;
     };
     let sectors = meta.len() / 512;
     if sectors == 0 {
-        eprintln!("skipped: /etc/passwd is shorter than a sector");
+        disk_core::testing::interop::report_skip("etc_passwd_as_a_flat_extent", "/etc/passwd is shorter than a sector");
         return;
     }
     let (_d, dir) = temp();
@@ -137,7 +137,7 @@ fn a_fifo_extent_is_refused_without_hanging() {
     let d = flat_vmdk(&dir, "fifo.bin", 8);
     let status = Command::new("mkfifo").arg(dir.join("img/fifo.bin")).status();
     if !status.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: cannot make a FIFO here");
+        disk_core::testing::interop::report_skip("a_fifo_extent_is_refused_without_hanging", "cannot make a FIFO here");
         return;
     }
     for flags in [&[][..], &["--external", "any"]] {

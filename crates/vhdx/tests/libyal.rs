@@ -44,7 +44,10 @@ fn pyvhdi_reads_our_images() {
         scribble(&img, i as u8);
         let disk = open_file(&img, false).unwrap();
         let Some(theirs) = pyvhdi_digest(&img, None) else {
-            eprintln!("pyvhdi_reads_our_images: skipped, python3 pyvhdi (python3-libvhdi) is not installed");
+            common::skip_external(
+                "pyvhdi_reads_our_images",
+                "python3 pyvhdi (python3-libvhdi) is not installed",
+            );
             return;
         };
         assert_eq!(theirs, expected(&disk), "{opts}");

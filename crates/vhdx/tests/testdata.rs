@@ -29,7 +29,12 @@ fn write_then_compare_with_qemu(file: &std::path::Path, rel: &str, tmp: &std::pa
     drop(disk);
     let disk = common::open_file(file, false).unwrap();
     assert!(disk.top().check(disk_core::Repair::None).unwrap().is_clean(), "{rel}");
-    if !common::have("qemu-img") || disk.sector_size() != 512 {
+    if disk.sector_size() != 512
+        || !common::tools_available(
+            "shared_testdata_vhdx_images_replay_check_and_take_writes (qemu-img part)",
+            &["qemu-img"],
+        )
+    {
         return;
     }
     let raw = tmp.join("ours.raw");
@@ -72,7 +77,10 @@ fn replay_into_file(file: &std::path::Path, entry: &ManifestEntry) {
         entry.content_digest,
         "{rel}: content digest after the replay"
     );
-    if common::have("qemu-img") {
+    if common::tools_available(
+        "shared_testdata_vhdx_images_replay_check_and_take_writes (qemu-img check part)",
+        &["qemu-img"],
+    ) {
         common::run(Command::new("qemu-img").args(["check", "-f", "vhdx"]).arg(file));
     }
 }

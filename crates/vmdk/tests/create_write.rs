@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{assert_same_as_raw, create, have, open, qemu_check_and_compare, run_tool};
+use common::{assert_same_as_raw, create, open, qemu_check_and_compare, run_tool, tools_available};
 use disk_core::{Disk, Image, MemStorage, RawLayer, Storage};
 use std::sync::Arc;
 
@@ -37,7 +37,10 @@ fn write_all(disk: &dyn Disk, data: &[u8]) {
 
 #[test]
 fn created_subformats_pass_qemu_check_and_compare() {
-    let qemu = have("qemu-img");
+    let qemu = tools_available(
+        "created_subformats_pass_qemu_check_and_compare (qemu-img part)",
+        &["qemu-img"],
+    );
     if !qemu {
         eprintln!("qemu-img not installed: checking our own reads only");
     }
@@ -117,7 +120,7 @@ fn child_over_our_parent_and_discard() {
     assert!(buf.iter().all(|&b| b == 0), "discarded range reads as zeros");
     c.flush().unwrap();
     drop(c);
-    if have("qemu-img") {
+    if tools_available("child_over_our_parent_and_discard (qemu-img part)", &["qemu-img"]) {
         let raw = dir.path().join("child.raw");
         run_tool("qemu-img", ["check", "-f", "vmdk", child.to_str().unwrap()]);
         run_tool(
@@ -178,7 +181,7 @@ fn check_finds_damaged_tables() {
     let text = report.corruptions.join("\n");
     assert!(text.contains("past the end"), "{text}");
     assert!(text.contains("redundant copy"), "{text}");
-    if have("qemu-img") {
+    if tools_available("check_finds_damaged_tables (qemu-img part)", &["qemu-img"]) {
         let out = std::process::Command::new("qemu-img")
             .args(["check", img.to_str().unwrap()])
             .output()
@@ -209,7 +212,7 @@ fn writes_allocate_missing_grain_tables() {
     assert_eq!(back, data);
     let report = disk_core::Layer::check(d.top(), disk_core::Repair::None).unwrap();
     assert!(report.is_clean(), "{report:?}");
-    if have("qemu-img") {
+    if tools_available("writes_allocate_missing_grain_tables (qemu-img part)", &["qemu-img"]) {
         let raw = dir.path().join("g.raw");
         let mut full = vec![0u8; 4 * MIB as usize];
         full[65536..65536 + data.len()].copy_from_slice(&data);
@@ -286,10 +289,16 @@ fn stream_spanning_many_grain_tables_with_flushes() {
     let raw = dir.path().join("ref.raw");
     let d = open(&img, false).unwrap();
     assert_same_as_raw(&d, &raw);
-    if have("qemu-img") {
+    if tools_available(
+        "stream_spanning_many_grain_tables_with_flushes (qemu-img part)",
+        &["qemu-img"],
+    ) {
         qemu_check_and_compare(&img, "vmdk", &raw);
     }
-    if have("vmdkinfo") {
+    if tools_available(
+        "stream_spanning_many_grain_tables_with_flushes (vmdkinfo part)",
+        &["vmdkinfo"],
+    ) {
         let out = run_tool("vmdkinfo", [img.to_str().unwrap()]);
         assert!(out.contains("Stream optimized"), "{out}");
     }

@@ -1,7 +1,7 @@
 //! Helpers for the integration tests that check the engines against other tools and against real
 //! images: one version of each, shared by every crate of the workspace.
 //!
-//! - Host tools: [`have`], [`tools_available`] / [`qemu_img_available`] (print why a test is
+//! - Host tools: [`have`], [`tools_available`] / [`qemu_img_available`] (report why a test is
 //!   skipped), [`run`] / [`run_tool`] (panic with the tool's output when it fails),
 //!   [`qemu_check_and_compare`] (QEMU accepts an image and reads it as a raw file holds),
 //!   [`pyvhdi_digest`] (what libyal's libvhdi reads).
@@ -9,6 +9,11 @@
 //! - Test data: [`shared_testdata`] locates `../shared/testdata` (or `$VDISK_TESTDATA`);
 //!   [`Manifest`] reads a `manifest.json` and [`Manifest::images`] yields its entries with each
 //!   image decompressed ([`decompress_xz`]) into a temporary directory.
+//! - Skips: [`skip_external`] (a missing tool or the absent test data; fails the test instead
+//!   when [`REQUIRE_EXTERNAL`] is set, as CI does) and [`report_skip`] (a host that cannot do
+//!   something, e.g. make device nodes). Both write to the process's stderr directly, which the
+//!   test harness does not capture: a skip shows in plain `cargo test` output, beside the
+//!   test's `ok`, without `--nocapture`.
 //!
 //! ```no_run
 //! use disk_core::testing::interop::{Manifest, content_digest};
@@ -30,27 +35,55 @@ use std::process::Command;
 /// The chunk size of [`content_digest`]: 1 MiB.
 pub const DIGEST_CHUNK: u64 = 1 << 20;
 
-/// Whether `tool --version` runs and exits 0.
-pub fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// The environment variable that turns skips for lack of external tools or test data into
+/// failures: when it is `1` ([`skip_external`]). `.ci/run` sets it, so CI cannot pass with
+/// interop tests silently skipped.
+pub const REQUIRE_EXTERNAL: &str = "VDISK_REQUIRE_EXTERNAL";
+
+/// Reports on stderr that `test` (or a part of it: say so in `test`) is skipped, and why:
+/// `TEST: skipped, REASON`. Written to the process's stderr directly rather than with
+/// `eprintln!`, which the test harness captures: the line shows in plain `cargo test` output.
+/// For what a host cannot do (device nodes, FIFOs); a missing tool or test data goes through
+/// [`skip_external`].
+pub fn report_skip(test: &str, reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{test}: skipped, {reason}");
 }
 
-/// Whether every one of `tools` is installed ([`have`]). When one is missing, prints
-/// `TEST: skipped, TOOL is not installed` to stderr, so the skip shows in the test output.
+/// `test` (or a part of it) cannot run because an external tool or the shared test data is
+/// missing (`reason`): reported as [`report_skip`] does, or, when [`REQUIRE_EXTERNAL`] is `1`,
+/// a panic that fails the test.
+#[track_caller]
+pub fn skip_external(test: &str, reason: &str) {
+    if std::env::var_os(REQUIRE_EXTERNAL).is_some_and(|v| v == "1") {
+        panic!("{test}: {reason}, and {REQUIRE_EXTERNAL}=1 requires it");
+    }
+    report_skip(test, reason);
+}
+
+/// Whether `tool --version` (or `tool -V`, libyal's tools' spelling) runs and exits 0.
+pub fn have(tool: &str) -> bool {
+    ["--version", "-V"]
+        .into_iter()
+        .any(|flag| Command::new(tool).arg(flag).output().is_ok_and(|o| o.status.success()))
+}
+
+/// Whether every one of `tools` is installed ([`have`]). When one is missing, reports
+/// `TEST: skipped, TOOL is not installed` through [`skip_external`] (a failure under
+/// [`REQUIRE_EXTERNAL`]).
+#[track_caller]
 pub fn tools_available(test: &str, tools: &[&str]) -> bool {
     match tools.iter().find(|tool| !have(tool)) {
         Some(missing) => {
-            eprintln!("{test}: skipped, {missing} is not installed");
+            skip_external(test, &format!("{missing} is not installed"));
             false
         }
         None => true,
     }
 }
 
-/// Whether `qemu-img` is installed; prints why `test` is skipped otherwise.
+/// Whether `qemu-img` is installed; reports why `test` is skipped otherwise ([`tools_available`]).
+#[track_caller]
 pub fn qemu_img_available(test: &str) -> bool {
     tools_available(test, &["qemu-img"])
 }
@@ -120,8 +153,8 @@ pub fn read_all(disk: &dyn Disk) -> Vec<u8> {
     data
 }
 
-/// The content digest the test-data manifests record for a disk (see
-/// `../shared/testdata/README.md` and `../shared/tools/content-digest`): sha256 over every
+/// The content digest the test-data manifests record for a disk (their `content_digest`; the
+/// `digest` function of `testdata/generate.sh` computes the same): sha256 over every
 /// [`DIGEST_CHUNK`] (1 MiB) chunk of the guest view that is not all zeros, each preceded by its
 /// chunk index as 8 little-endian bytes. The last chunk may be short. An all-zero disk digests
 /// to `e3b0c442...`, the sha256 of nothing.
@@ -208,10 +241,15 @@ print(h.hexdigest(), size)
 /// The directory of real images made by other tools: `$VDISK_TESTDATA` when set, else
 /// `../shared/testdata` beside the workspace. `None` when it holds no `manifest.json`.
 pub fn shared_testdata() -> Option<PathBuf> {
-    let dir = std::env::var_os("VDISK_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"));
+    let dir = shared_testdata_dir();
     dir.join("manifest.json").is_file().then_some(dir)
+}
+
+/// Where [`shared_testdata`] looks.
+fn shared_testdata_dir() -> PathBuf {
+    std::env::var_os("VDISK_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"))
 }
 
 /// Decompresses `src` (`NAME.xz`) with `xz -dc` into `NAME` in the directory `into`, returning
@@ -346,11 +384,17 @@ impl Manifest {
         }
     }
 
-    /// The manifest of [`shared_testdata`]. `None`, after printing why `test` is skipped, when
-    /// the directory is absent or `xz` (which its images need) is not installed.
+    /// The manifest of [`shared_testdata`]. `None`, after reporting why `test` is skipped
+    /// ([`skip_external`]: a failure under [`REQUIRE_EXTERNAL`]), when the directory is absent
+    /// or `xz` (which its images need) is not installed.
+    #[track_caller]
     pub fn shared(test: &str) -> Option<Manifest> {
         let Some(dir) = shared_testdata() else {
-            eprintln!("{test}: skipped, ../shared/testdata is absent (set VDISK_TESTDATA)");
+            let reason = format!(
+                "no test data: {} has no manifest.json (set VDISK_TESTDATA to the directory)",
+                shared_testdata_dir().display()
+            );
+            skip_external(test, &reason);
             return None;
         };
         tools_available(test, &["xz"]).then(|| Manifest::load(&dir))
@@ -445,8 +489,8 @@ mod tests {
         assert_eq!(content_digest(&disk).unwrap(), sha256_hex(b""));
     }
 
-    /// Known answer computed independently with Python's hashlib, as
-    /// `../shared/tools/content-digest` does:
+    /// Known answer computed independently with Python's hashlib, as `testdata/generate.sh`
+    /// does:
     ///
     /// ```python
     /// import hashlib

@@ -1,5 +1,6 @@
 //! Loop devices for tests that need a real block device (Linux, as root, with `losetup`).
 
+use super::interop::report_skip;
 use std::path::{Path, PathBuf};
 
 /// A loop device over a file, detached on drop.
@@ -7,20 +8,25 @@ use std::path::{Path, PathBuf};
 pub struct LoopDevice(PathBuf);
 
 impl LoopDevice {
-    /// Attach a loop device to `file`; `None` (with a note on stderr, so the caller can skip)
-    /// where this host does not allow it (not root, no `losetup`, no loop driver).
+    /// Attach a loop device to `file`; `None` (with a note on stderr that shows in plain
+    /// `cargo test` output, [`report_skip`]) where this host does not allow it (not root, no
+    /// `losetup`, no loop driver).
     pub fn attach(file: &Path) -> Option<LoopDevice> {
-        let out = std::process::Command::new("losetup")
+        let out = match std::process::Command::new("losetup")
             .args(["-f", "--show"])
             .arg(file)
             .output()
-            .ok()?;
+        {
+            Ok(out) => out,
+            Err(e) => {
+                report_skip("loop device", &format!("cannot run losetup ({e})"));
+                return None;
+            }
+        };
         let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() || dev.is_empty() {
-            eprintln!(
-                "skipped: cannot attach a loop device here ({})",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            let why = String::from_utf8_lossy(&out.stderr);
+            report_skip("loop device", &format!("cannot attach one here ({})", why.trim()));
             return None;
         }
         Some(LoopDevice(PathBuf::from(dev)))
