@@ -86,6 +86,20 @@ impl FileCreator for NoExtraFiles {
 /// [`Image::open_chain`] for parents.
 pub type LayerOpener<'a> = dyn Fn(Format, Arc<dyn Storage>, &OpenContext<'_>) -> Result<Box<dyn Layer>> + 'a;
 
+/// One option a format's `create` takes (`-o name=value`), as `create -o help` lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreateOption {
+    /// The key.
+    pub name: &'static str,
+    /// What the value is: `size` (bytes, K/M/G/T suffixes), `bool` (on/off), `string` or
+    /// `number`.
+    pub kind: &'static str,
+    /// The value used when the option is not given.
+    pub default: &'static str,
+    /// What it does, and the values it takes.
+    pub help: &'static str,
+}
+
 /// A format engine.
 pub trait Driver: Send + Sync {
     /// The format it handles.
@@ -106,6 +120,11 @@ pub trait Driver: Send + Sync {
 
     /// Write a new image into `storage` (empty, freshly created) according to `spec`.
     fn create(&self, storage: &dyn Storage, spec: CreateSpec<'_>) -> Result<()>;
+
+    /// The options [`Driver::create`] takes (the default: none).
+    fn create_options(&self) -> &'static [CreateOption] {
+        &[]
+    }
 
     /// Bytes a new image created with `options` needs for `source` (`qemu-img measure`). The
     /// default refuses with [`ErrorKind::Unsupported`].

@@ -48,7 +48,8 @@ pub mod utf16;
 
 pub use disk::{Allocation, BlockStatus, DiscardBehavior, Disk, SectorRange, write_zero_buffers};
 pub use driver::{
-    BackingSpec, CreateSpec, Driver, FileCreator, LayerOpener, MeasureSource, Measurement, NoExtraFiles, OpenContext,
+    BackingSpec, CreateOption, CreateSpec, Driver, FileCreator, LayerOpener, MeasureSource, Measurement, NoExtraFiles,
+    OpenContext,
 };
 pub use error::{DeviceStatus, Error, ErrorContext, ErrorKind, IoResultExt, Result, ResultExt, display_chain};
 pub use image::{Image, MissingParent, OpenOptions, ReadMapping, ReadSource, WriteMapping};

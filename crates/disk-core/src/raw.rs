@@ -1,7 +1,7 @@
 //! The raw format: byte N of the file is byte N of the disk.
 
 use crate::disk::{Allocation, BlockStatus, Disk};
-use crate::driver::{CreateSpec, Driver, MeasureSource, Measurement, OpenContext};
+use crate::driver::{CreateOption, CreateSpec, Driver, MeasureSource, Measurement, OpenContext};
 use crate::error::{Error, IoResultExt, Result};
 use crate::layer::{Layer, LayerInfo};
 use crate::mapping::{Mapping, Run, WriteRun};
@@ -10,6 +10,9 @@ use crate::probe::Format;
 use crate::storage::Storage;
 use std::any::Any;
 use std::sync::Arc;
+
+/// Bytes of zeros written at once by `preallocation=full`.
+const FULL_CHUNK: usize = 1 << 20;
 
 /// Raw images always present 512-byte sectors.
 const SECTOR: u32 = 512;
@@ -165,13 +168,45 @@ impl Driver for RawDriver {
     fn open(&self, storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Result<Box<dyn Layer>> {
         Ok(Box::new(RawLayer::open(storage, ctx.writable)?))
     }
-    fn create(&self, storage: &dyn Storage, spec: CreateSpec<'_>) -> Result<()> {
+    fn create(&self, storage: &dyn Storage, mut spec: CreateSpec<'_>) -> Result<()> {
+        let preallocation = spec.options.take_str("preallocation");
         spec.options.finish()?;
         if spec.backing.is_some() {
             return Err(Error::invalid_argument("raw images cannot have a backing file"));
         }
         storage.set_len(spec.size).io_context("setting the raw image size", 0)?;
+        match preallocation.as_deref() {
+            None | Some("off") => {}
+            Some("falloc") if spec.size > 0 => storage
+                .reserve(0, spec.size)
+                .io_context("preallocating the raw image (falloc)", 0)?,
+            Some("falloc") => {}
+            Some("full") => {
+                let zeros = vec![0u8; FULL_CHUNK.min(usize::try_from(spec.size).unwrap_or(FULL_CHUNK))];
+                let mut pos = 0u64;
+                while pos < spec.size {
+                    let n = zeros.len().min(usize::try_from(spec.size - pos).unwrap_or(usize::MAX));
+                    storage
+                        .write_at(&zeros[..n], pos)
+                        .io_context("preallocating the raw image (full)", pos)?;
+                    pos += n as u64;
+                }
+            }
+            Some(other) => {
+                return Err(Error::invalid_argument(format!(
+                    "preallocation '{other}' is not off, falloc or full"
+                )));
+            }
+        }
         storage.flush().io_context("flushing the new image", 0)
+    }
+    fn create_options(&self) -> &'static [CreateOption] {
+        &[CreateOption {
+            name: "preallocation",
+            kind: "string",
+            default: "off",
+            help: "off (a sparse file), falloc (space reserved, reads zeros) or full (zeros written)",
+        }]
     }
     /// `required` is the data a sparse copy stores (the whole size for `measure --size`, as
     /// `qemu-img` counts it), `fully_allocated` the virtual size.

@@ -35,6 +35,19 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Truncate or extend (with zeros) to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
 
+    /// Allocate host space for `len` bytes at `offset` without changing what they read,
+    /// extending the length when the range reaches past it (`preallocation=falloc`). The
+    /// default only extends the length.
+    fn reserve(&self, offset: u64, len: u64) -> io::Result<()> {
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| io::Error::other("range past 2^64"))?;
+        if end > self.len()? {
+            self.set_len(end)?;
+        }
+        Ok(())
+    }
+
     /// Make `len` bytes at `offset` read as zeros, releasing the space where the host can.
     /// Must not change the length. The default writes zeros.
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -246,6 +259,13 @@ impl Storage for FileStorage {
     fn set_len(&self, len: u64) -> io::Result<()> {
         *lock(&self.data_extent) = None;
         self.file.set_len(len)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn reserve(&self, offset: u64, len: u64) -> io::Result<()> {
+        use rustix::fs::{FallocateFlags, fallocate};
+        *lock(&self.data_extent) = None;
+        fallocate(&self.file, FallocateFlags::empty(), offset, len).map_err(io::Error::from)
     }
 
     #[cfg(target_os = "linux")]
@@ -526,6 +546,9 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     }
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
         (**self).punch_hole(offset, len)
+    }
+    fn reserve(&self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).reserve(offset, len)
     }
     fn allocation(&self, offset: u64, len: u64) -> io::Result<(bool, u64)> {
         (**self).allocation(offset, len)

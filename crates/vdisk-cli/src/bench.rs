@@ -8,7 +8,7 @@
 //! sends every request to a random multiple of BUFFER_SIZE instead.
 
 use crate::common::{CmdResult, Ctx, Failure, parse_format_opt};
-use crate::output::{OutputFormat, emit, pretty_json};
+use crate::output::{OutputFormat, emit_data, pretty_json};
 use serde_json::{Map, Value};
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
@@ -100,9 +100,6 @@ pub struct BenchArgs {
     /// Byte written by a write test (default 0, as qemu-img).
     #[arg(long = "pattern", value_name = "PATTERN", value_parser = parse_pattern)]
     pub pattern: Option<u8>,
-    /// Accepted for compatibility; as with qemu-img, the output is the same.
-    #[arg(short = 'q', long = "quiet")]
-    pub quiet: bool,
     /// Bytes per request.
     #[arg(short = 's', long = "buffer-size", value_name = "BUFFER_SIZE", default_value = "4096", value_parser = parse_buffer_size)]
     pub buffer_size: u64,
@@ -528,7 +525,7 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> CmdResult {
     }
     // -n and -i choose qemu's AIO back-end and -U its image locking, which vdisk does not have;
     // -q changes nothing qemu-img bench prints.
-    let _ = (args.native, args.aio, args.force_share, args.quiet);
+    let _ = (args.native, args.aio, args.force_share);
 
     let image = ctx.open(&args.file, format, args.write, MissingParent::Fail)?;
     let bufsize = args.buffer_size;
@@ -583,7 +580,7 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> CmdResult {
         if flush_interval > 0 {
             text.push_str(&format!("Sending flush every {flush_interval} requests\n"));
         }
-        emit(&text);
+        emit_data(&text);
     }
 
     let elapsed = run_plan(&image, &args.file, &plan, args.pattern.unwrap_or(0))?;
@@ -598,7 +595,7 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> CmdResult {
     let iops = args.count as f64 * per_second;
     let mib_per_s = (args.count * bufsize) as f64 * per_second / f64::from(1u32 << 20);
     match args.output {
-        OutputFormat::Human => emit(&format!(
+        OutputFormat::Human => emit_data(&format!(
             "{iops:.0} IOPS, {mib_per_s:.2} MiB/s\nRun completed in {seconds:.3} seconds.\n"
         )),
         OutputFormat::Json => {
@@ -616,7 +613,7 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> CmdResult {
             o.insert("elapsed-seconds".into(), Value::from(seconds));
             o.insert("iops".into(), Value::from(iops));
             o.insert("mib-per-s".into(), Value::from(mib_per_s));
-            emit(&pretty_json(&Value::Object(o)));
+            emit_data(&pretty_json(&Value::Object(o)));
         }
     }
     Ok(0)

@@ -2,6 +2,7 @@
 
 use crate::common::{CmdResult, Ctx, Failure, parse_format_opt};
 use crate::output::emit;
+use crate::progress::Progress;
 use std::path::{Path, PathBuf};
 use vdisk::{AfterCommit, Error, ErrorKind, Format, Image, MissingParent, OpenOptions};
 
@@ -17,6 +18,16 @@ pub struct CommitArgs {
     /// Afterwards delete the child.
     #[arg(long)]
     pub remove: bool,
+    /// Keep the child as it is afterwards: qemu-img's "skip emptying" (vdisk's default).
+    #[arg(short = 'd', conflicts_with_all = ["empty", "remove"])]
+    pub keep: bool,
+    /// Show progress (a bar on a terminal, qemu-img's `(xx.xx/100%)` lines otherwise).
+    #[arg(short = 'p')]
+    pub progress: bool,
+    /// Cache mode of the images written, as in qemu-img (see `convert -t`; default writeback:
+    /// vdisk always flushes what it committed).
+    #[arg(short = 't', value_name = "CACHE", value_parser = crate::convert::CACHE_MODES)]
+    pub cache: Option<String>,
     /// The child image whose data goes into its parent.
     pub file: PathBuf,
 }
@@ -36,6 +47,17 @@ pub struct RebaseArgs {
     /// Unsafe mode: only rewrite the reference, copy no data.
     #[arg(short = 'u')]
     pub unsafe_mode: bool,
+    /// Show progress of the data copied in safe mode (a bar on a terminal, qemu-img's
+    /// `(xx.xx/100%)` lines otherwise).
+    #[arg(short = 'p')]
+    pub progress: bool,
+    /// Cache mode of the image written, as in qemu-img (see `convert -t`).
+    #[arg(short = 't', value_name = "CACHE", value_parser = crate::convert::CACHE_MODES)]
+    pub cache: Option<String>,
+    /// Cache mode of the images read, as in qemu-img (accepted; vdisk reads through the page
+    /// cache).
+    #[arg(short = 'T', value_name = "SRC_CACHE", value_parser = crate::convert::CACHE_MODES)]
+    pub source_cache: Option<String>,
     /// The child image.
     pub file: PathBuf,
 }
@@ -77,7 +99,12 @@ pub fn run_commit(ctx: &Ctx, args: &CommitArgs) -> CmdResult {
     } else {
         AfterCommit::Keep
     };
-    vdisk::commit_then(&args.file, &open_options(ctx, format), after)?;
+    let mut progress = Progress::new(args.progress);
+    let result = vdisk::commit_with_progress(&args.file, &open_options(ctx, format), after, &mut |done, total| {
+        progress.update(done, total)
+    });
+    progress.finish(result.is_ok());
+    result?;
     emit("Image committed.\n");
     Ok(0)
 }
@@ -93,12 +120,16 @@ pub fn run_rebase(ctx: &Ctx, args: &RebaseArgs) -> CmdResult {
         }
     }
     let backing = Some(args.backing.as_str()).filter(|b| !b.is_empty());
-    vdisk::rebase(
+    let mut progress = Progress::new(args.progress && !args.unsafe_mode);
+    let result = vdisk::rebase_with_progress(
         &args.file,
         backing,
         backing_format,
         args.unsafe_mode,
         &open_options(ctx, format),
-    )?;
+        &mut |done, total| progress.update(done, total),
+    );
+    progress.finish(result.is_ok());
+    result?;
     Ok(0)
 }

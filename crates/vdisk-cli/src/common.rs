@@ -168,6 +168,48 @@ pub fn parse_format_opt(name: Option<&str>) -> Result<Option<Format>, Failure> {
     name.map(parse_format).transpose()
 }
 
+/// Whether the `-o` lists ask for the list of options (`-o help` or `-o ?`, as qemu-img).
+pub fn options_help_asked(lists: &[String]) -> bool {
+    lists
+        .iter()
+        .flat_map(|l| l.split(','))
+        .any(|piece| piece == "help" || piece == "?")
+}
+
+/// The options `format` takes at creation, as `-o help` prints them (qemu-img's layout), with
+/// `size`, `backing_file` and `backing_fmt` too when `common` (for `create`).
+pub fn options_help(format: vdisk::Format, common: bool) -> Result<String, Failure> {
+    let generic = [
+        ("size", "size", "", "Virtual disk size"),
+        ("backing_file", "str", "", "File name of a base image (-b)"),
+        ("backing_fmt", "str", "", "Image format of the base image (-F)"),
+    ];
+    let mut rows: Vec<(String, String)> = Vec::new();
+    for o in vdisk::driver(format)?.create_options() {
+        let kind = match o.kind {
+            "string" => "str",
+            "bool" => "bool (on/off)",
+            "number" => "num",
+            other => other,
+        };
+        rows.push((
+            format!("{}=<{kind}>", o.name),
+            format!("{} (default: {})", o.help, o.default),
+        ));
+    }
+    if common {
+        for (name, kind, _, help) in generic {
+            rows.push((format!("{name}=<{kind}>"), help.to_string()));
+        }
+    }
+    rows.sort();
+    let mut text = format!("Supported options ({format}):\n");
+    for (left, help) in rows {
+        text.push_str(&format!("  {left:<22} - {help}\n"));
+    }
+    Ok(text)
+}
+
 /// Parse and merge `-o` option lists (later values win).
 pub fn parse_options(lists: &[String]) -> Result<vdisk::Options, Failure> {
     let mut all = vdisk::Options::new();

@@ -2,8 +2,9 @@
 
 use crate::common::{CmdResult, Ctx, parse_format_opt};
 use crate::output::emit;
+use crate::progress::Progress;
 use std::path::PathBuf;
-use vdisk::ops::{Comparison, compare};
+use vdisk::ops::{Comparison, compare_with_progress};
 use vdisk::{Disk, MissingParent};
 
 /// Exit status when the contents differ.
@@ -23,6 +24,12 @@ pub struct CompareArgs {
     /// Strict mode: sizes and allocation must match too.
     #[arg(short = 's')]
     pub strict: bool,
+    /// Show progress (a bar on a terminal, qemu-img's `(xx.xx/100%)` lines otherwise).
+    #[arg(short = 'p')]
+    pub progress: bool,
+    /// Cache mode of the images, as in qemu-img (accepted; vdisk reads through the page cache).
+    #[arg(short = 'T', value_name = "SRC_CACHE", value_parser = crate::convert::CACHE_MODES)]
+    pub source_cache: Option<String>,
     /// The first image.
     pub a: PathBuf,
     /// The second image.
@@ -42,7 +49,10 @@ fn compare_images(ctx: &Ctx, args: &CompareArgs) -> CmdResult {
     if !args.strict && a.virtual_size() != b.virtual_size() {
         emit("Warning: Image size mismatch!\n");
     }
-    let outcome = compare(&a, &b, args.strict)?;
+    let mut progress = Progress::new(args.progress);
+    let outcome = compare_with_progress(&a, &b, args.strict, &mut |done, total| progress.update(done, total));
+    progress.finish(outcome.is_ok());
+    let outcome = outcome?;
     let (text, code) = match outcome {
         Comparison::Identical => ("Images are identical.\n".to_string(), 0),
         Comparison::ContentMismatch { offset } => (format!("Content mismatch at offset {offset}!\n"), DIFFERENT),

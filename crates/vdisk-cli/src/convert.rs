@@ -1,8 +1,10 @@
 //! `vdisk create` and `vdisk convert`: making new images.
 
-use crate::common::{CmdResult, Ctx, Failure, parse_format, parse_format_opt, parse_options};
-use crate::output::emit;
-use indicatif::{ProgressBar, ProgressStyle};
+use crate::common::{
+    CmdResult, Ctx, Failure, options_help, options_help_asked, parse_format, parse_format_opt, parse_options,
+};
+use crate::output::{emit, emit_data};
+use crate::progress::Progress;
 use std::path::PathBuf;
 use vdisk::{ConvertOptions, CreateOptions, Disk, MissingParent, parse_size};
 
@@ -30,8 +32,25 @@ pub struct CreateArgs {
 /// Run `vdisk create`.
 pub fn run_create(ctx: &Ctx, args: &CreateArgs) -> CmdResult {
     let format = parse_format(&args.format)?;
-    let size = args.size.as_deref().map(parse_size).transpose()?;
-    if size.is_none() && args.backing.is_none() {
+    if options_help_asked(&args.options) {
+        emit_data(&options_help(format, true)?);
+        return Ok(0);
+    }
+    let mut format_options = parse_options(&args.options)?;
+    // qemu-img takes these as options too.
+    let option_size = format_options.take_str("size");
+    let backing = args.backing.clone().or(format_options.take_str("backing_file"));
+    let backing_format = args.backing_format.clone().or(format_options.take_str("backing_fmt"));
+    let size = match (args.size.as_deref(), option_size.as_deref()) {
+        (Some(a), Some(o)) if parse_size(a)? != parse_size(o)? => {
+            return Err(Failure::new(format!(
+                "{}: the size is given twice, differently ({a} and size={o})",
+                args.file.display()
+            )));
+        }
+        (a, o) => a.or(o).map(parse_size).transpose()?,
+    };
+    if size.is_none() && backing.is_none() {
         return Err(Failure::new(format!(
             "{}: an image size is required (or -b BACKING)",
             args.file.display()
@@ -39,9 +58,9 @@ pub fn run_create(ctx: &Ctx, args: &CreateArgs) -> CmdResult {
     }
     let mut options = CreateOptions::new(format, size.unwrap_or(0));
     options.size = size;
-    options.options = parse_options(&args.options)?;
-    options.backing = args.backing.clone();
-    options.backing_format = parse_format_opt(args.backing_format.as_deref())?;
+    options.options = format_options;
+    options.backing = backing.clone();
+    options.backing_format = parse_format_opt(backing_format.as_deref())?;
     options.resolver = ctx.resolver.clone();
     vdisk::create(&args.file, &options)?;
 
@@ -55,14 +74,19 @@ pub fn run_create(ctx: &Ctx, args: &CreateArgs) -> CmdResult {
     if let Some(size) = created {
         line.push_str(&format!(" size={size}"));
     }
-    if let Some(b) = &args.backing {
+    if let Some(b) = &backing {
         line.push_str(&format!(" backing_file={b}"));
     }
     if let Some(f) = &options.backing_format {
         line.push_str(&format!(" backing_fmt={f}"));
     }
     for list in &args.options {
-        for piece in list.split(',').filter(|p| !p.is_empty()) {
+        let given_apart = |p: &&str| {
+            ["size=", "backing_file=", "backing_fmt="]
+                .iter()
+                .all(|k| !p.starts_with(k))
+        };
+        for piece in list.split(',').filter(|p| !p.is_empty()).filter(given_apart) {
             line.push(' ');
             line.push_str(piece);
         }
@@ -88,9 +112,15 @@ pub struct ConvertArgs {
     #[arg(short = 'p')]
     pub progress: bool,
     /// Cache mode of DST, as in qemu-img: `unsafe` (default: no flushes, the host writes the data
-    /// back in its own time) or `writeback` (flush to stable storage before exiting).
-    #[arg(short = 't', value_name = "CACHE", default_value = "unsafe", value_parser = ["unsafe", "writeback"])]
+    /// back in its own time); `writeback`, `writethrough`, `directsync` or `none`: the output
+    /// is on stable storage before exiting (vdisk writes through the page cache and flushes;
+    /// it does not use O_DIRECT).
+    #[arg(short = 't', value_name = "CACHE", default_value = "unsafe", value_parser = CACHE_MODES)]
     pub cache: String,
+    /// Cache mode of SRC, as in qemu-img (accepted for compatibility: vdisk reads through the
+    /// page cache in every mode).
+    #[arg(short = 'T', value_name = "SRC_CACHE", value_parser = CACHE_MODES)]
+    pub source_cache: Option<String>,
     /// Threads reading (and decompressing) the source, as qemu-img's coroutines (default: one
     /// per core).
     #[arg(short = 'm', value_name = "N", value_parser = clap::value_parser!(u16).range(1..=16))]
@@ -115,10 +145,17 @@ pub struct ConvertArgs {
 
 const MIB: u64 = 1 << 20;
 
+/// qemu-img's cache modes.
+pub const CACHE_MODES: [&str; 5] = ["none", "writeback", "writethrough", "directsync", "unsafe"];
+
 /// Run `vdisk convert`.
 pub fn run_convert(ctx: &Ctx, args: &ConvertArgs) -> CmdResult {
     let src_format = parse_format_opt(args.format.as_deref())?;
     let dst_format = parse_format(&args.output_format)?;
+    if options_help_asked(&args.options) {
+        emit_data(&options_help(dst_format, false)?);
+        return Ok(0);
+    }
     let mut options = parse_options(&args.options)?;
     if args.compress {
         if dst_format != vdisk::Format::Vmdk {
@@ -154,24 +191,13 @@ pub fn run_convert(ctx: &Ctx, args: &ConvertArgs) -> CmdResult {
             )));
         }
     }
-    let bar = args.progress.then(|| {
-        let bar = ProgressBar::new(src.virtual_size());
-        let style = ProgressStyle::with_template("{bar:40} {percent:>3}% {bytes}/{total_bytes} ({eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-        bar.set_style(style);
-        bar
-    });
-    let mut report = |done: u64, total: u64| {
-        if let Some(bar) = &bar {
-            bar.set_length(total);
-            bar.set_position(done);
-        }
-    };
+    let mut progress = Progress::new(args.progress);
+    let mut report = |done: u64, total: u64| progress.update(done, total);
     let convert_options = ConvertOptions {
         format: dst_format,
         options,
-        progress: if bar.is_some() { Some(&mut report) } else { None },
-        durable: args.cache == "writeback",
+        progress: Some(&mut report),
+        durable: args.cache != "unsafe",
         workers: args.workers.map_or(0, usize::from),
         out_of_order: args.out_of_order,
         zero_granularity,
@@ -179,18 +205,12 @@ pub fn run_convert(ctx: &Ctx, args: &ConvertArgs) -> CmdResult {
     let azure = dst_format == vdisk::Format::Vhd && convert_options.options.get("azure").is_some_and(|v| v == "on");
     let size = src.virtual_size();
     let result = vdisk::convert(&src, &args.dst, convert_options);
+    progress.finish(result.is_ok());
     if azure && result.is_ok() && size % MIB != 0 {
         emit(&format!(
             "Note: virtual size rounded up from {size} to {} bytes (Azure needs a whole number of MiB)\n",
             size.div_ceil(MIB) * MIB
         ));
-    }
-    if let Some(bar) = &bar {
-        if result.is_ok() {
-            bar.finish();
-        } else {
-            bar.abandon();
-        }
     }
     result?;
     Ok(0)

@@ -1,7 +1,7 @@
 //! `vdisk info`: describe an image (and with `--backing-chain`, every image below it).
 
 use crate::common::{CmdResult, Ctx, Failure, allocated_bytes, parse_format_opt};
-use crate::output::{OutputFormat, emit, human_info, info_map_to_json, pretty_json, size_to_str};
+use crate::output::{OutputFormat, emit_data, human_info, info_map_to_json, pretty_json, size_to_str};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use vdisk::disk_core::recorded_to_path;
@@ -185,6 +185,6 @@ pub fn run(ctx: &Ctx, args: &InfoArgs) -> CmdResult {
         (OutputFormat::Json, true) => pretty_json(&Value::Array(records.iter().map(Record::to_json).collect())),
         (OutputFormat::Human, _) => records.iter().map(Record::to_human).collect::<Vec<_>>().join("\n"),
     };
-    emit(&text);
+    emit_data(&text);
     Ok(0)
 }

@@ -17,6 +17,7 @@ mod io;
 mod map;
 mod measure;
 mod output;
+mod progress;
 mod resize;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,11 @@ struct Cli {
     /// without parent linkage): any file the parent's name reaches would be taken as the parent.
     #[arg(long, global = true)]
     trust_unlinked_parent: bool,
+
+    /// Quiet: print nothing but errors and what the command is for (`info`, `map` and
+    /// `measure` output), as qemu-img's `-q`.
+    #[arg(short = 'q', long, global = true)]
+    quiet: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -80,6 +86,7 @@ fn run(cli: Cli) -> CmdResult {
     } else {
         cli.external.unwrap_or_default()
     };
+    progress::set_quiet(cli.quiet);
     let mut ctx = Ctx::new(external);
     ctx.trust_unlinked_parent = cli.trust_unlinked_parent;
     match cli.command {

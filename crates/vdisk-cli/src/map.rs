@@ -5,7 +5,7 @@ use crate::output::{OutputFormat, json_line};
 use serde_json::{Map, Value};
 use std::io::Write;
 use std::path::PathBuf;
-use vdisk::ops::{MapEntry, map_each};
+use vdisk::ops::{MapEntry, map_range};
 use vdisk::{Format, Image, MissingParent};
 
 /// Arguments of `vdisk map`.
@@ -17,6 +17,12 @@ pub struct MapArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t, value_name = "FMT")]
     pub output: OutputFormat,
+    /// Map from this guest byte offset on (bytes, or with a K/M/G/T suffix).
+    #[arg(long, value_name = "OFFSET", value_parser = parse_offset)]
+    pub start_offset: Option<u64>,
+    /// Map at most this many bytes (bytes, or with a K/M/G/T suffix).
+    #[arg(long, value_name = "LENGTH", value_parser = parse_offset)]
+    pub max_length: Option<u64>,
     /// The image.
     pub file: PathBuf,
 }
@@ -24,9 +30,14 @@ pub struct MapArgs {
 /// The map of `image`, one run at a time, with `qemu-img`'s conventions applied: in a raw layer
 /// every byte lies at its own offset, so allocated runs there (zero ones too) carry `offset` =
 /// `start`. Memory stays constant whatever the image holds.
-pub fn each_entry(image: &Image, mut sink: impl FnMut(MapEntry) -> vdisk::Result<()>) -> vdisk::Result<()> {
+pub fn each_entry(
+    image: &Image,
+    start: u64,
+    max_length: u64,
+    mut sink: impl FnMut(MapEntry) -> vdisk::Result<()>,
+) -> vdisk::Result<()> {
     let formats: Vec<Format> = image.layers().map(|(l, _)| l.format()).collect();
-    map_each(image, |mut e| {
+    map_range(image, start, max_length, |mut e| {
         if e.present && e.offset.is_none() && formats.get(e.depth as usize) == Some(&Format::Raw) {
             e.offset = Some(e.start);
         }
@@ -49,9 +60,10 @@ pub fn run(ctx: &Ctx, args: &MapArgs) -> CmdResult {
         .collect();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut first = true;
+    let (start, max) = (args.start_offset.unwrap_or(0), args.max_length.unwrap_or(u64::MAX));
     let result = match args.output {
         OutputFormat::Json => {
-            let r = each_entry(&image, |e| {
+            let r = each_entry(&image, start, max, |e| {
                 let sep = if std::mem::take(&mut first) { "[" } else { ",\n" };
                 write_out(&mut out, &format!("{sep}{}", json_entry(&e)))
             });
@@ -59,7 +71,7 @@ pub fn run(ctx: &Ctx, args: &MapArgs) -> CmdResult {
             r.and_then(|()| write_out(&mut out, close))
         }
         OutputFormat::Human => write_out(&mut out, &human_header()).and_then(|()| {
-            each_entry(&image, |e| match human_line(&e, &names) {
+            each_entry(&image, start, max, |e| match human_line(&e, &names) {
                 Some(line) => write_out(&mut out, &line),
                 None => Ok(()),
             })
@@ -69,6 +81,11 @@ pub fn run(ctx: &Ctx, args: &MapArgs) -> CmdResult {
     result.map_err(|e| in_file(&args.file, e))?;
     flushed.map_err(|e| crate::common::Failure::new(format!("writing the map: {e}")))?;
     Ok(0)
+}
+
+/// A byte count or offset as `--start-offset` and `--max-length` take it.
+fn parse_offset(text: &str) -> Result<u64, String> {
+    vdisk::parse_size(text).map_err(|e| e.to_string())
 }
 
 /// Write `text` to the map's output (a closed pipe ends the map with an error).

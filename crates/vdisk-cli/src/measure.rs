@@ -1,7 +1,7 @@
 //! `vdisk measure`: how many bytes a new image needs.
 
 use crate::common::{CmdResult, Ctx, in_file, parse_format, parse_format_opt, parse_options};
-use crate::output::{OutputFormat, emit, pretty_json};
+use crate::output::{OutputFormat, emit_data, pretty_json};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 use vdisk::disk_resize::{MeasureSource, fitting_size, measure};
@@ -47,7 +47,7 @@ pub fn run(ctx: &Ctx, args: &MeasureArgs) -> CmdResult {
             }
             OutputFormat::Human => format!("largest virtual size: {size}\n"),
         };
-        emit(&text);
+        emit_data(&text);
         return Ok(0);
     }
     let input = match (&args.size, &args.src) {
@@ -57,7 +57,7 @@ pub fn run(ctx: &Ctx, args: &MeasureArgs) -> CmdResult {
             let image = ctx.open(src, format, false, MissingParent::Fail)?;
             // Only data runs are kept, neighbours merged: bounded by the data the files hold.
             let mut data: Vec<(u64, u64)> = Vec::new();
-            crate::map::each_entry(&image, |e| {
+            crate::map::each_entry(&image, 0, u64::MAX, |e| {
                 match data.last_mut() {
                     _ if !e.data => {}
                     Some((start, len)) if *start + *len == e.start => *len += e.length,
@@ -89,6 +89,6 @@ pub fn run(ctx: &Ctx, args: &MeasureArgs) -> CmdResult {
             )
         }
     };
-    emit(&text);
+    emit_data(&text);
     Ok(0)
 }

@@ -13,9 +13,17 @@ pub enum OutputFormat {
     Json,
 }
 
-/// Write `text` to stdout. A closed pipe (`vdisk map img | head`) is not an error worth a panic,
-/// so write errors are ignored.
+/// Write `text` to stdout, unless `-q` was given (informational output: what a command did).
 pub fn emit(text: &str) {
+    if !crate::progress::quiet() {
+        emit_data(text);
+    }
+}
+
+/// Write `text` to stdout, even with `-q` (what the command is for: `info`, `map`, `measure`).
+/// A closed pipe (`vdisk map img | head`) is not an error worth a panic, so write errors are
+/// ignored.
+pub fn emit_data(text: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());

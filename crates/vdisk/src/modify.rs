@@ -290,8 +290,18 @@ pub enum AfterCommit {
 
 /// [`commit`], then do `after` with the child.
 pub fn commit_then(path: impl AsRef<Path>, options: &OpenOptions, after: AfterCommit) -> Result<Moved> {
+    commit_with_progress(path, options, after, &mut |_, _| {})
+}
+
+/// [`commit_then`], calling `progress` with (bytes done, bytes in all) while data is copied.
+pub fn commit_with_progress(
+    path: impl AsRef<Path>,
+    options: &OpenOptions,
+    after: AfterCommit,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Moved> {
     let path = path.as_ref();
-    let moved = commit_data_into_parent(path, options)?;
+    let moved = commit_data_into_parent(path, options, progress)?;
     match after {
         AfterCommit::Keep => {}
         AfterCommit::Remove => {
@@ -330,7 +340,7 @@ fn empty_child(path: &Path, options: &OpenOptions) -> Result<()> {
     crate::create(path, &create)
 }
 
-fn commit_data_into_parent(path: &Path, options: &OpenOptions) -> Result<Moved> {
+fn commit_data_into_parent(path: &Path, options: &OpenOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<Moved> {
     let (parent_path, parent_format, child_size, parent_ref) = {
         let child = open(path, &with_format(options, options.format, false))?;
         let parent_ref = child.top().parent().cloned().ok_or_else(|| {
@@ -375,7 +385,7 @@ fn commit_data_into_parent(path: &Path, options: &OpenOptions) -> Result<Moved> 
             .with_file(path));
         }
         let parent = crate::open_storage(opened.storage, Some(&opened.path), &parent_opts).with_file(&parent_path)?;
-        commit_data(&child, &parent, |_, _| {}).with_file(&parent_path)?
+        commit_data(&child, &parent, progress).with_file(&parent_path)?
     };
     // The child still reads the same; refresh its record of the parent where that changed.
     let child = open_single(path, options.format, false, options)?;
@@ -406,6 +416,18 @@ pub fn rebase(
     backing_format: Option<Format>,
     unsafe_mode: bool,
     options: &OpenOptions,
+) -> Result<Moved> {
+    rebase_with_progress(path, backing, backing_format, unsafe_mode, options, &mut |_, _| {})
+}
+
+/// [`rebase`], calling `progress` with (bytes done, bytes in all) while data is copied.
+pub fn rebase_with_progress(
+    path: impl AsRef<Path>,
+    backing: Option<&str>,
+    backing_format: Option<Format>,
+    unsafe_mode: bool,
+    options: &OpenOptions,
+    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Moved> {
     let path = path.as_ref();
     let backing = backing.filter(|b| !b.is_empty());
@@ -449,7 +471,7 @@ pub fn rebase(
             return Ok(moved);
         }
         let child = open(path, &with_format(options, Some(format), true))?;
-        moved = rebase_data(&child, new_parent.as_ref().map(|(_, _, i)| i as &dyn Disk), |_, _| {}).with_file(path)?;
+        moved = rebase_data(&child, new_parent.as_ref().map(|(_, _, i)| i as &dyn Disk), progress).with_file(path)?;
     }
     let record = new_parent.as_ref().map(|(recorded, absolute, image)| NewParent {
         recorded,

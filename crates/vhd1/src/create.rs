@@ -222,27 +222,29 @@ fn create_sparse(
         DiskType::Dynamic
     };
     let header_offset = FOOTER_SIZE;
-    let table_offset = header_offset + HEADER_SIZE;
     let entries = u32::try_from(size.div_ceil(u64::from(block_size)))
         .map_err(|_| Error::invalid_argument("too many blocks for a BAT"))?;
     let bat_bytes = (u64::from(entries) * 4).div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
-    let mut next = table_offset + bat_bytes;
 
     let mut header = DynamicHeader::new_zeroed();
     header.cookie = HEADER_COOKIE;
     header.data_offset.set(u64::MAX);
-    header.table_offset.set(table_offset);
     header.header_version.set(VERSION_1_0);
     header.max_table_entries.set(entries);
     header.block_size.set(block_size);
 
+    // Parent locators go between the header and the BAT: QEMU allocates new blocks right after
+    // the BAT (it does not look at locators), so a child QEMU writes keeps its locators.
     let mut locator_data: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut table_offset = header_offset + HEADER_SIZE;
     if let Some(link) = &link {
         header.parent_unique_id = link.id;
         header.parent_timestamp.set(link.timestamp);
-        let data = parent::record_parent(&mut header, link.recorded, link.absolute, link.child, next)?;
-        (locator_data, next) = (data.pieces, data.end);
+        let data = parent::record_parent(&mut header, link.recorded, link.absolute, link.child, table_offset)?;
+        (locator_data, table_offset) = (data.pieces, data.end.next_multiple_of(SECTOR_SIZE));
     }
+    header.table_offset.set(table_offset);
+    let next = table_offset + bat_bytes;
     header::seal(&mut header);
     let footer: Footer = footer::build(disk_type, size, chs, Some(header_offset));
 

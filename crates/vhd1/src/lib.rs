@@ -59,7 +59,7 @@ pub use format::DiskType;
 pub use layer::VhdLayer;
 pub use parent::Locator;
 
-use disk_core::{CreateSpec, Driver, Format, Layer, OpenContext, Result, Storage};
+use disk_core::{CreateOption, CreateSpec, Driver, Format, Layer, OpenContext, Result, Storage};
 use std::sync::Arc;
 
 /// The VHD format's [`Driver`].
@@ -69,6 +69,35 @@ pub struct VhdDriver;
 impl Driver for VhdDriver {
     fn format(&self) -> Format {
         Format::Vhd
+    }
+
+    fn create_options(&self) -> &'static [CreateOption] {
+        &[
+            CreateOption {
+                name: "subformat",
+                kind: "string",
+                default: "dynamic",
+                help: "dynamic (blocks allocated as written) or fixed (all space allocated)",
+            },
+            CreateOption {
+                name: "block_size",
+                kind: "size",
+                default: "2M",
+                help: "dynamic disks: bytes per block, a power of two from 512 to 256M",
+            },
+            CreateOption {
+                name: "force_size",
+                kind: "bool",
+                default: "on",
+                help: "on: the exact size asked for; off: rounded to the CHS geometry as qemu-img does by default",
+            },
+            CreateOption {
+                name: "azure",
+                kind: "bool",
+                default: "off",
+                help: "a fixed disk Azure accepts: size rounded up to a whole MiB",
+            },
+        ]
     }
 
     fn probe(&self, storage: &dyn Storage, name: Option<&std::path::Path>) -> std::io::Result<bool> {

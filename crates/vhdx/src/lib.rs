@@ -97,7 +97,8 @@ pub use layer::{LogState, VhdxLayer};
 pub use log::{LogSummary, scan_log};
 
 use disk_core::{
-    CreateSpec, Driver, Format, Layer, MeasureSource, Measurement, OpenContext, Options, Result, ResultExt, Storage,
+    CreateOption, CreateSpec, Driver, Format, Layer, MeasureSource, Measurement, OpenContext, Options, Result,
+    ResultExt, Storage,
 };
 use std::sync::Arc;
 
@@ -106,6 +107,47 @@ use std::sync::Arc;
 pub struct VhdxDriver;
 
 impl Driver for VhdxDriver {
+    fn create_options(&self) -> &'static [CreateOption] {
+        &[
+            CreateOption {
+                name: "subformat",
+                kind: "string",
+                default: "dynamic",
+                help: "dynamic (blocks allocated as written) or fixed (all space allocated)",
+            },
+            CreateOption {
+                name: "block_size",
+                kind: "size",
+                default: "32M",
+                help: "bytes per payload block, a power of two from 1M to 256M",
+            },
+            CreateOption {
+                name: "log_size",
+                kind: "size",
+                default: "1M",
+                help: "bytes of log, a multiple of 1M",
+            },
+            CreateOption {
+                name: "logical_sector_size",
+                kind: "size",
+                default: "512",
+                help: "512 or 4096 (a child takes its parent's)",
+            },
+            CreateOption {
+                name: "physical_sector_size",
+                kind: "size",
+                default: "4096",
+                help: "512 or 4096 (qemu-img records 512)",
+            },
+            CreateOption {
+                name: "block_state_zero",
+                kind: "bool",
+                default: "on",
+                help: "accepted for qemu-img compatibility: new blocks always read as zeros",
+            },
+        ]
+    }
+
     fn format(&self) -> Format {
         Format::Vhdx
     }

@@ -202,7 +202,15 @@ pub(crate) fn create(storage: &dyn Storage, mut spec: CreateSpec<'_>) -> Result<
             "unknown adapter_type '{adapter}' (expected ide, lsilogic, buslogic, legacyESX or pvscsi)"
         )));
     }
-    let hw = spec.options.take_str("hwversion").unwrap_or_else(|| "4".into());
+    let compat6 = spec.options.take_bool("compat6")?.unwrap_or(false);
+    let hw = match (spec.options.take_str("hwversion"), compat6) {
+        (Some(_), true) => {
+            return Err(Error::invalid_argument("compat6 cannot be enabled with hwversion set"));
+        }
+        (Some(hw), false) => hw,
+        (None, true) => "6".into(),
+        (None, false) => "4".into(),
+    };
     if hw.is_empty() || !hw.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Error::invalid_argument(format!("hwversion '{hw}' is not a number")));
     }

@@ -61,7 +61,7 @@ mod stream;
 
 pub use layer::VmdkLayer;
 
-use disk_core::{CreateSpec, Driver, Format, Layer, OpenContext, Result, Storage};
+use disk_core::{CreateOption, CreateSpec, Driver, Format, Layer, OpenContext, Result, Storage};
 use std::sync::Arc;
 
 /// The VMDK format's [`Driver`].
@@ -69,6 +69,47 @@ use std::sync::Arc;
 pub struct VmdkDriver;
 
 impl Driver for VmdkDriver {
+    fn create_options(&self) -> &'static [CreateOption] {
+        &[
+            CreateOption {
+                name: "subformat",
+                kind: "string",
+                default: "monolithicSparse",
+                help: "monolithicSparse, monolithicFlat, twoGbMaxExtentSparse, twoGbMaxExtentFlat or streamOptimized",
+            },
+            CreateOption {
+                name: "adapter_type",
+                kind: "string",
+                default: "ide",
+                help: "ide, lsilogic, buslogic, legacyESX or pvscsi",
+            },
+            CreateOption {
+                name: "hwversion",
+                kind: "string",
+                default: "4",
+                help: "the virtual hardware version recorded",
+            },
+            CreateOption {
+                name: "compat6",
+                kind: "bool",
+                default: "off",
+                help: "a VMDK version 6 image (hwversion 6; not with hwversion)",
+            },
+            CreateOption {
+                name: "toolsversion",
+                kind: "string",
+                default: "2147483647",
+                help: "the VMware Tools version recorded",
+            },
+            CreateOption {
+                name: "zeroed_grain",
+                kind: "bool",
+                default: "off",
+                help: "sparse: grain table entries may mark grains as zero",
+            },
+        ]
+    }
+
     fn format(&self) -> Format {
         Format::Vmdk
     }

@@ -35,6 +35,16 @@ const CHUNK: u64 = 1 << 20;
 /// Compare `a` and `b`. Without `strict`, a size difference is fine when the longer disk's extra
 /// part reads as zeros; with it, sizes and allocation must match too.
 pub fn compare(a: &dyn Disk, b: &dyn Disk, strict: bool) -> Result<Comparison> {
+    compare_with_progress(a, b, strict, &mut |_, _| {})
+}
+
+/// [`compare`], calling `progress` with (bytes compared, bytes to compare) as it goes.
+pub fn compare_with_progress(
+    a: &dyn Disk,
+    b: &dyn Disk,
+    strict: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Comparison> {
     let (size_a, size_b) = (a.virtual_size(), b.virtual_size());
     if strict && size_a != size_b {
         return Ok(Comparison::SizeMismatch { a: size_a, b: size_b });
@@ -60,6 +70,7 @@ pub fn compare(a: &dyn Disk, b: &dyn Disk, strict: bool) -> Result<Comparison> {
             };
             if skip > 0 {
                 pos += skip;
+                progress(pos, common);
                 continue;
             }
         }
@@ -74,6 +85,7 @@ pub fn compare(a: &dyn Disk, b: &dyn Disk, strict: bool) -> Result<Comparison> {
             });
         }
         pos += len;
+        progress(pos, common);
     }
     let longer = if size_a > size_b { a } else { b };
     match first_nonzero(longer, common)? {

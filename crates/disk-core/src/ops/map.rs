@@ -47,23 +47,52 @@ pub fn map(disk: &dyn Disk) -> Result<Vec<MapEntry>> {
 
 /// The map of the whole disk, one merged run at a time, in order: `sink` gets each run once
 /// it is complete, so memory stays constant whatever the image holds.
-pub fn map_each(disk: &dyn Disk, mut sink: impl FnMut(MapEntry) -> Result<()>) -> Result<()> {
+pub fn map_each(disk: &dyn Disk, sink: impl FnMut(MapEntry) -> Result<()>) -> Result<()> {
+    map_range(disk, 0, u64::MAX, sink)
+}
+
+/// [`map_each`] for the guest bytes from `start` on, at most `max_length` of them (qemu-img
+/// map's `--start-offset` and `--max-length`): the first and last runs are cut to the range
+/// (their `offset` moved with their start), so offsets need no alignment. An empty range is
+/// one run of length 0 at `start`, as qemu-img prints it.
+pub fn map_range(
+    disk: &dyn Disk,
+    start: u64,
+    max_length: u64,
+    mut sink: impl FnMut(MapEntry) -> Result<()>,
+) -> Result<()> {
     let ss = u64::from(disk.sector_size());
-    let sectors = disk.sector_count();
     let size = disk.virtual_size();
+    let begin = start.min(size);
+    let end = begin.saturating_add(max_length).min(size);
+    if begin >= end {
+        // Nothing to map: qemu-img prints one empty run where it was asked to start.
+        return sink(MapEntry {
+            start,
+            length: 0,
+            depth: 0,
+            present: false,
+            zero: false,
+            data: false,
+            offset: None,
+        });
+    }
+    let sectors = end.div_ceil(ss);
     let mut pending: Option<MapEntry> = None;
-    let mut lba = 0u64;
+    let mut lba = begin / ss;
     while lba < sectors {
         let st = disk.block_status(lba, sectors - lba)?;
-        let start = lba * ss;
+        let from = (lba * ss).max(begin);
+        let to = ((lba + st.sectors.max(1)) * ss).min(end);
+        let cut = from - lba * ss;
         let entry = MapEntry {
-            start,
-            length: (st.sectors * ss).min(size - start),
+            start: from,
+            length: to.saturating_sub(from),
             depth: st.depth,
             present: st.allocation != Allocation::Unallocated,
             zero: st.allocation != Allocation::Data,
             data: st.allocation == Allocation::Data,
-            offset: st.offset,
+            offset: st.offset.map(|o| o + cut),
         };
         match &mut pending {
             Some(last) if last.extends(&entry) => last.length += entry.length,
@@ -75,7 +104,7 @@ pub fn map_each(disk: &dyn Disk, mut sink: impl FnMut(MapEntry) -> Result<()>) -
         }
         lba += st.sectors.max(1);
     }
-    if let Some(done) = pending {
+    if let Some(done) = pending.filter(|e| e.length > 0) {
         sink(done)?;
     }
     Ok(())

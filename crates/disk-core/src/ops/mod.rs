@@ -7,9 +7,9 @@ mod copy;
 mod map;
 
 pub use chain::{Moved, commit_data, rebase_data};
-pub use compare::{Comparison, compare};
+pub use compare::{Comparison, compare, compare_with_progress};
 pub use copy::{CopyOptions, CopyStats, copy};
-pub use map::{MapEntry, map, map_each};
+pub use map::{MapEntry, map, map_each, map_range};
 
 use crate::disk::{Allocation, Disk};
 use crate::error::Result;

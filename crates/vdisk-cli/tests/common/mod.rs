@@ -4,7 +4,7 @@
 
 #![allow(dead_code, unused_imports)]
 
-pub use disk_core::testing::interop::qemu_img_available;
+pub use disk_core::testing::interop::{qemu_img_available, tools_available};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

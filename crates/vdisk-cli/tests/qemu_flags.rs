@@ -1,0 +1,246 @@
+//! qemu-img's flags that scripts use: `-q`, `-p` on a non-terminal, `map --start-offset
+//! --max-length`, `create -o help`, `-o size=`, raw `preallocation`, VMDK `compat6`, and a
+//! differencing VHD that QEMU writes keeping its parent locators.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+
+fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn quiet_prints_nothing_but_what_the_command_is_for() {
+    let (_d, dir) = temp();
+    let img = dir.join("q.vhdx");
+    let out = vdisk(["create", "-q", "-f", "vhdx", s(&img), "8M"]);
+    assert_eq!(ok(&out), "");
+    let raw = dir.join("q.raw");
+    assert_eq!(ok(&vdisk(["convert", "-q", "-p", "-O", "raw", s(&img), s(&raw)])), "");
+    assert_eq!(ok(&vdisk(["compare", "-q", s(&img), s(&raw)])), "");
+    let differ = dir.join("d.raw");
+    sparse_raw(&differ, 8 * MIB, &[(4096, 1, 512)]);
+    let out = vdisk(["compare", "-q", s(&img), s(&differ)]);
+    assert_eq!((out.status.code(), stdout(&out).as_str()), (Some(1), ""));
+    // `-q` may come before the command too; `info` still prints what it is for.
+    assert!(ok(&vdisk(["-q", "info", s(&img)])).contains("file format: vhdx"));
+}
+
+#[test]
+fn progress_on_a_pipe_is_qemu_img_lines() {
+    let (_d, dir) = temp();
+    let src = dir.join("p.raw");
+    sparse_raw(&src, 64 * MIB, &[(0, 7, MIB as usize), (40 * MIB, 9, MIB as usize)]);
+    let text = ok(&vdisk(["convert", "-p", "-O", "vhdx", s(&src), s(&dir.join("p.vhdx"))]));
+    assert!(text.starts_with("    (0.00/100%)\r"), "{text:?}");
+    assert!(text.ends_with("    (100.00/100%)\r\n"), "{text:?}");
+    for line in text.trim_end().split('\r').filter(|l| !l.is_empty()) {
+        let pct = line.trim().trim_start_matches('(').trim_end_matches("/100%)");
+        let value: f64 = pct.parse().unwrap_or_else(|_| panic!("{line:?} in {text:?}"));
+        assert!((0.0..=100.0).contains(&value));
+    }
+    if qemu_img_available("progress_on_a_pipe_is_qemu_img_lines") {
+        let q = qemu_img(["convert", "-p", "-O", "raw", s(&src), s(&dir.join("q.raw"))]);
+        let q = stdout(&q);
+        assert!(
+            q.starts_with("    (0.00/100%)\r") && q.ends_with("    (100.00/100%)\r\n"),
+            "{q:?}"
+        );
+    }
+    // compare -p and commit -p draw the same lines; commit -d keeps the child.
+    let text = ok(&vdisk(["compare", "-p", s(&src), s(&dir.join("p.vhdx"))]));
+    assert!(
+        text.contains("(100.00/100%)\r\n") && text.ends_with("Images are identical.\n"),
+        "{text:?}"
+    );
+    let child = dir.join("c.vhdx");
+    ok(&vdisk(["create", "-f", "vhdx", "-b", "p.vhdx", s(&child)]));
+    ok(&vdisk(["io", "-c", "write -P 3 0 64k", s(&child)]));
+    let text = ok(&vdisk(["commit", "-p", "-d", s(&child)]));
+    assert!(text.ends_with("(100.00/100%)\r\nImage committed.\n"), "{text:?}");
+    assert!(child.exists());
+}
+
+#[test]
+fn map_range_matches_qemu() {
+    if !qemu_img_available("map_range_matches_qemu") {
+        return;
+    }
+    let (_d, dir) = temp();
+    let img = dir.join("m.raw");
+    sparse_raw(&img, 64 * MIB, &[(MIB, 1, 3 * MIB as usize), (10 * MIB, 2, 512 * 1024)]);
+    let runs = |out: &std::process::Output| -> Vec<(u64, u64, bool)> {
+        let v: Value = serde_json::from_str(&stdout(out)).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["start"].as_u64().unwrap(),
+                    e["length"].as_u64().unwrap(),
+                    e["data"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+    for range in [
+        &["--start-offset", "1536K", "--max-length", "9M"][..],
+        &["--start-offset", "513", "--max-length", "1000"],
+        &["--start-offset", "60M"],
+        &["--max-length", "10M"],
+        &["--start-offset", "100M"],
+    ] {
+        let mut args = vec!["map", "-f", "raw", "--output=json"];
+        args.extend_from_slice(range);
+        args.push(s(&img));
+        let ours = runs(&vdisk(&args));
+        args[0] = "map";
+        let theirs = runs(&qemu_img(&args));
+        assert_eq!(ours, theirs, "{range:?}");
+    }
+}
+
+#[test]
+fn create_options_help_size_and_preallocation() {
+    let (_d, dir) = temp();
+    for (fmt, keys) in [
+        (
+            "vhdx",
+            &["block_size=<size>", "(default: 32M)", "log_size=<size>", "size=<size>"][..],
+        ),
+        (
+            "vpc",
+            &["subformat=<str>", "force_size=<bool (on/off)>", "backing_file=<str>"],
+        ),
+        (
+            "vmdk",
+            &[
+                "compat6=<bool (on/off)>",
+                "adapter_type=<str>",
+                "(default: monolithicSparse)",
+            ],
+        ),
+        ("raw", &["preallocation=<str>"]),
+    ] {
+        for ask in ["help", "?"] {
+            let text = ok(&vdisk(["create", "-f", fmt, "-o", ask, s(&dir.join("x"))]));
+            assert!(text.starts_with("Supported options"), "{text}");
+            for k in keys {
+                assert!(text.contains(k), "{fmt}: {k} in {text}");
+            }
+        }
+    }
+    let text = ok(&vdisk(["convert", "-O", "vhdx", "-o", "help", "a", "b"]));
+    assert!(
+        text.contains("block_size=<size>") && !text.contains("\n  size=<size>"),
+        "{text}"
+    );
+    assert!(!dir.join("x").exists());
+
+    // -o size= as qemu-img takes it; twice and different is refused.
+    let img = dir.join("s.vhdx");
+    ok(&vdisk([
+        "create",
+        "-f",
+        "vhdx",
+        "-o",
+        "size=10M,block_size=1M",
+        s(&img),
+    ]));
+    assert_eq!(
+        json(&vdisk(["info", "--output=json", s(&img)]))["virtual-size"],
+        10 * MIB
+    );
+    clean_error(
+        &vdisk(["create", "-f", "vhdx", "-o", "size=10M", s(&dir.join("t.vhdx")), "20M"]),
+        1,
+    );
+
+    let size = 8 * MIB;
+    for (mode, min_alloc) in [("off", 0), ("falloc", size), ("full", size)] {
+        let f = dir.join(format!("{mode}.raw"));
+        ok(&vdisk([
+            "create",
+            "-f",
+            "raw",
+            "-o",
+            &format!("preallocation={mode}"),
+            s(&f),
+            "8M",
+        ]));
+        let alloc = allocated(&f);
+        assert!(alloc >= min_alloc && (mode != "off" || alloc == 0), "{mode}: {alloc}");
+        assert_eq!(std::fs::read(&f).unwrap(), vec![0; size as usize]);
+    }
+    clean_error(
+        &vdisk([
+            "create",
+            "-f",
+            "raw",
+            "-o",
+            "preallocation=metadata",
+            s(&dir.join("m.raw")),
+            "8M",
+        ]),
+        1,
+    );
+}
+
+#[test]
+fn vmdk_compat6() {
+    let (_d, dir) = temp();
+    let img = dir.join("c6.vmdk");
+    ok(&vdisk(["create", "-f", "vmdk", "-o", "compat6", s(&img), "16M"]));
+    let bytes = std::fs::read(&img).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("ddb.virtualHWVersion = \"6\""));
+    let e = clean_error(
+        &vdisk([
+            "create",
+            "-f",
+            "vmdk",
+            "-o",
+            "compat6,hwversion=7",
+            s(&dir.join("x.vmdk")),
+            "16M",
+        ]),
+        1,
+    );
+    assert!(e.contains("compat6 cannot be enabled with hwversion set"), "{e}");
+    if qemu_img_available("vmdk_compat6") {
+        assert!(qemu_img(["check", s(&img)]).status.success());
+    }
+}
+
+/// QEMU allocates a VHD's new blocks right after the BAT; a differencing VHD made here keeps
+/// its parent locators out of the way, so a child QEMU wrote still finds its parent.
+#[test]
+fn a_differencing_vhd_qemu_writes_keeps_its_parent() {
+    if !tools_available(
+        "a_differencing_vhd_qemu_writes_keeps_its_parent",
+        &["qemu-img", "qemu-io"],
+    ) {
+        return;
+    }
+    let (_d, dir) = temp();
+    let base = dir.join("base.vhd");
+    let child = dir.join("child.vhd");
+    ok(&vdisk(["create", "-f", "vpc", s(&base), "8M"]));
+    ok(&vdisk(["create", "-f", "vpc", "-b", "base.vhd", s(&child)]));
+    let w = std::process::Command::new("qemu-io")
+        .args(["-f", "vpc", "-c", "write -P 3 0 1M", s(&child)])
+        .output()
+        .unwrap();
+    assert!(w.status.success());
+    let report = ok(&vdisk(["check", s(&child)]));
+    assert!(report.contains("No errors"), "{report}");
+    let info = json(&vdisk(["info", "--output=json", s(&child)]));
+    assert_eq!(info["backing-filename"], "base.vhd", "{info}");
+    ok(&vdisk(["commit", s(&child)]));
+    let out = ok(&vdisk(["io", "-c", "read -P 3 0 1M", s(&base)]));
+    assert!(out.contains("read 1048576/1048576"), "{out}");
+}
