@@ -32,3 +32,23 @@ fn links_at_new_file_names_are_replaced_not_followed() {
         std::fs::remove_file(&flat).unwrap();
     }
 }
+
+/// Every option a driver lists for `create -o help` is one its `create` takes, at its listed
+/// default; an unknown one is refused.
+#[test]
+fn listed_create_options_are_accepted_at_their_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    for driver in vdisk::drivers() {
+        let format = driver.format();
+        for (i, o) in driver.create_options().iter().enumerate() {
+            assert!(!o.help.is_empty() && !o.default.is_empty(), "{format}: {o:?}");
+            let path = dir.path().join(format!("{format}-{i}.img"));
+            let mut options = CreateOptions::new(format, 16 << 20);
+            options.options = Options::parse(&format!("{}={}", o.name, o.default)).unwrap();
+            vdisk::create(&path, &options).unwrap_or_else(|e| panic!("{format} {}={}: {e}", o.name, o.default));
+        }
+        let mut options = CreateOptions::new(format, 16 << 20);
+        options.options = Options::parse("no_such_option=1").unwrap();
+        assert!(vdisk::create(dir.path().join(format!("{format}-bad.img")), &options).is_err());
+    }
+}
