@@ -114,6 +114,11 @@ impl Options {
         self.entries.is_empty()
     }
 
+    /// The keys given, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(k, _)| k.as_str())
+    }
+
     /// Look at `key` without taking it.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())

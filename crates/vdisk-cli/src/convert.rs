@@ -137,6 +137,10 @@ pub struct ConvertArgs {
     /// Compress the output: for VMDK, the streamOptimized subformat (qemu-img's meaning).
     #[arg(short = 'c')]
     pub compress: bool,
+    /// Do not create DST: copy into the existing image (of format -O, at least as large as
+    /// SRC); zeros of SRC are written as zeros.
+    #[arg(short = 'n', conflicts_with_all = ["options", "compress"])]
+    pub existing: bool,
     /// The image to copy (with its whole backing chain).
     pub src: PathBuf,
     /// The new standalone image.
@@ -180,7 +184,7 @@ pub fn run_convert(ctx: &Ctx, args: &ConvertArgs) -> CmdResult {
         n => n.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
     };
     let src = ctx.open(&args.src, src_format, false, MissingParent::Fail)?;
-    // Replacing a file the source is read from would destroy it (or a child relying on it).
+    // Writing a file the source is read from would destroy it (or a child relying on it).
     if let Ok(dst) = args.dst.canonicalize() {
         let top = args.src.canonicalize().ok();
         let in_chain = src.layers().filter_map(|(_, p)| p.and_then(|p| p.canonicalize().ok()));
@@ -201,6 +205,7 @@ pub fn run_convert(ctx: &Ctx, args: &ConvertArgs) -> CmdResult {
         workers: args.workers.map_or(0, usize::from),
         out_of_order: args.out_of_order,
         zero_granularity,
+        existing: args.existing,
     };
     let azure = dst_format == vdisk::Format::Vhd && convert_options.options.get("azure").is_some_and(|v| v == "on");
     let size = src.virtual_size();

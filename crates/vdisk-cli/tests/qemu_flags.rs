@@ -244,3 +244,58 @@ fn a_differencing_vhd_qemu_writes_keeps_its_parent() {
     let out = ok(&vdisk(["io", "-c", "read -P 3 0 1M", s(&base)]));
     assert!(out.contains("read 1048576/1048576"), "{out}");
 }
+
+/// `convert -n` copies into an existing image: what the source reads as zeros overwrites what
+/// the target held; a smaller target is refused and left alone.
+#[test]
+fn convert_into_an_existing_image() {
+    let (_d, dir) = temp();
+    let src = dir.join("src.raw");
+    sparse_raw(&src, 32 * MIB, &[(MIB, 0x41, 100_000), (20 * MIB, 0, MIB as usize)]);
+    for (fmt, workers) in [("vhdx", "1"), ("vmdk", "4"), ("raw", "2")] {
+        let target = dir.join(format!("t.{fmt}"));
+        ok(&vdisk(["create", "-f", fmt, s(&target), "40M"]));
+        ok(&vdisk(["io", "-c", "write -P 238 0 40M", s(&target)]));
+        ok(&vdisk([
+            "convert",
+            "-n",
+            "-m",
+            workers,
+            "-f",
+            "raw",
+            "-O",
+            fmt,
+            s(&src),
+            s(&target),
+        ]));
+        let cmp = vdisk(["compare", "-f", "raw", "-F", fmt, s(&src), s(&target)]);
+        assert_eq!(
+            cmp.status.code(),
+            Some(1),
+            "{fmt}: the target is larger, its tail keeps its data"
+        );
+        let out = ok(&vdisk([
+            "io",
+            "-c",
+            "read -P 0 0 1M",
+            "-c",
+            "read -P 65 1M 100000",
+            "-c",
+            "read -P 0 20M 12M",
+            "-c",
+            "read -P 238 32M 8M",
+            s(&target),
+        ]));
+        assert!(!out.contains("failed") && !out.contains("mismatch"), "{fmt}: {out}");
+    }
+    let small = dir.join("small.vhdx");
+    ok(&vdisk(["create", "-f", "vhdx", s(&small), "16M"]));
+    let before = std::fs::read(&small).unwrap();
+    let e = clean_error(&vdisk(["convert", "-n", "-O", "vhdx", s(&src), s(&small)]), 1);
+    assert!(e.contains("smaller than the input"), "{e}");
+    assert_eq!(std::fs::read(&small).unwrap(), before);
+    clean_error(
+        &vdisk(["convert", "-n", "-o", "block_size=1M", "-O", "vhdx", s(&src), s(&small)]),
+        1,
+    );
+}

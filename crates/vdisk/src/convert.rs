@@ -26,6 +26,11 @@ pub struct ConvertOptions<'a> {
     /// Zero detection granularity in bytes (qemu-img's `-S`): all-zero pieces of this size in
     /// the source's data are not written; 0 writes all data. `None` is the default (64 KiB).
     pub zero_granularity: Option<usize>,
+    /// Copy into the image that already exists at the destination (qemu-img's `-n`) instead of
+    /// creating one: it must be of [`ConvertOptions::format`] and at least as large as the
+    /// source; what the source reads as zeros is written as zeros there, and the image is left
+    /// in place on failure. `options` must then be empty.
+    pub existing: bool,
 }
 
 impl<'a> ConvertOptions<'a> {
@@ -39,13 +44,14 @@ impl<'a> ConvertOptions<'a> {
             workers: 0,
             out_of_order: false,
             zero_granularity: None,
+            existing: false,
         }
     }
 }
 
-/// Copy the guest-visible contents of `src` (a whole chain) into a new image at `dst`.
-/// Ranges that read as zeros are left unallocated (a raw output file stays sparse). On failure
-/// the partial output is removed.
+/// Copy the guest-visible contents of `src` (a whole chain) into a new image at `dst` (or the
+/// one there, with [`ConvertOptions::existing`]). Ranges that read as zeros are left unallocated
+/// in a new image (a raw output file stays sparse). On failure a new output is removed.
 pub fn convert(src: &dyn Disk, dst: impl AsRef<Path>, options: ConvertOptions<'_>) -> Result<CopyStats> {
     let dst = dst.as_ref();
     let size = src.virtual_size();
@@ -60,13 +66,23 @@ pub fn convert(src: &dyn Disk, dst: impl AsRef<Path>, options: ConvertOptions<'_
         ))
         .with_file(dst);
     }
-    let mut create_opts = CreateOptions::new(options.format, size);
-    create_opts.options = options.options;
-    create(dst, &create_opts)?;
+    if options.existing {
+        if let Some(key) = options.options.keys().next() {
+            return Err(Error::invalid_argument(format!(
+                "option '{key}' cannot apply: the existing image is not created (-n)"
+            )))
+            .with_file(dst);
+        }
+    } else {
+        let mut create_opts = CreateOptions::new(options.format, size);
+        create_opts.options = options.options;
+        create(dst, &create_opts)?;
+    }
+    let existing = options.existing;
     let result = (|| {
-        // The new image's own extent files (split and flat VMDK) lie beside it.
+        // The image's own extent files (split and flat VMDK) lie beside it.
         let mut own_files = FsResolver::new(FsPolicy::SameDirectory);
-        let mut storage = FileStorage::open(dst, true).map_err(|e| Error::io(e, "cannot open the new image"))?;
+        let mut storage = FileStorage::open(dst, true).map_err(|e| Error::io(e, "cannot open the output image"))?;
         if !options.durable {
             own_files = own_files.without_sync();
             storage = storage.without_sync();
@@ -76,6 +92,12 @@ pub fn convert(src: &dyn Disk, dst: impl AsRef<Path>, options: ConvertOptions<'_
             .writable(true)
             .resolver(Arc::new(own_files));
         let out = open_storage(Arc::new(storage), Some(dst), &open_options)?;
+        if out.virtual_size() < size {
+            return Err(Error::invalid_argument(format!(
+                "the output image ({} bytes) is smaller than the input ({size} bytes)",
+                out.virtual_size()
+            )));
+        }
         let defaults = CopyOptions::default();
         let stats = ops::copy(
             src,
@@ -85,13 +107,14 @@ pub fn convert(src: &dyn Disk, dst: impl AsRef<Path>, options: ConvertOptions<'_
                 workers: options.workers,
                 out_of_order: options.out_of_order,
                 zero_granularity: options.zero_granularity.unwrap_or(defaults.zero_granularity),
+                target_zeroed: !existing,
                 ..defaults
             },
         )?;
         out.flush()?;
         Ok(stats)
     })();
-    if result.is_err() {
+    if result.is_err() && !existing {
         let _ = std::fs::remove_file(dst);
     }
     result.with_file(dst)

@@ -34,6 +34,10 @@ pub struct CopyOptions<'a> {
     /// Let workers write their chunks in any order (qemu-img's `-W`). Only for outputs that
     /// take writes anywhere (not stream-optimized VMDK).
     pub out_of_order: bool,
+    /// The destination reads as zeros where nothing is written (a new image). When false (an
+    /// existing image, qemu-img's `convert -n`), what the source reads as zeros is written as
+    /// zeros ([`Disk::write_zeroes`]) instead of skipped.
+    pub target_zeroed: bool,
 }
 
 impl Default for CopyOptions<'_> {
@@ -44,6 +48,7 @@ impl Default for CopyOptions<'_> {
             zero_granularity: 64 << 10,
             workers: 0,
             out_of_order: false,
+            target_zeroed: true,
         }
     }
 }
@@ -78,13 +83,24 @@ struct Chunk {
 }
 
 impl Chunk {
-    /// Write the chunk's non-zero pieces to `dst`; the bytes written.
-    fn write(&self, dst: &dyn Disk) -> Result<u64> {
+    /// Write the chunk's non-zero pieces to `dst` (and, unless `zeroed`, zeros over the rest,
+    /// `gran` bytes per sector); the bytes of data written.
+    fn write(&self, dst: &dyn Disk, zeroed: bool, gran: u64) -> Result<u64> {
         let mut written = 0u64;
+        let mut done = 0u64;
+        let zeros = |from: u64, to: u64| -> Result<()> {
+            if zeroed || to <= from {
+                return Ok(());
+            }
+            dst.write_zeroes((self.pos + from) / gran, (to - from).div_ceil(gran))
+        };
         for piece in &self.pieces {
+            zeros(done, piece.start as u64)?;
             write_bytes(dst, self.pos + piece.start as u64, &self.data[piece.clone()])?;
             written += piece.len() as u64;
+            done = piece.end as u64;
         }
+        zeros(done, self.len)?;
         Ok(written)
     }
 }
@@ -120,6 +136,7 @@ pub fn copy(src: &dyn Disk, dst: &dyn Disk, mut options: CopyOptions<'_>) -> Res
             z => ((z as u64).max(gran) / gran * gran) as usize,
         },
         cursor: Mutex::new(Cursor { pos: 0, seq: 0 }),
+        zeroed: options.target_zeroed,
     };
     let buffers = workers + READ_AHEAD;
     let (done_tx, done_rx) = sync_channel::<Result<Done>>(buffers);
@@ -136,7 +153,7 @@ pub fn copy(src: &dyn Disk, dst: &dyn Disk, mut options: CopyOptions<'_>) -> Res
             scope.spawn(move || plan.work(src, out_of_order.then_some(dst), &done, spares));
         }
         drop(done_tx);
-        let result = collect(&done_rx, &spare_tx, dst, total, &mut options);
+        let result = collect(&done_rx, &spare_tx, dst, &plan, &mut options);
         // On failure the workers stop: at their next chunk (the cursor is at the end), when
         // they hand a chunk over (nobody receives), or waiting for a buffer (nobody returns
         // them).
@@ -153,9 +170,10 @@ fn collect(
     done: &Receiver<Result<Done>>,
     spares: &SyncSender<Vec<u8>>,
     dst: &dyn Disk,
-    total: u64,
+    plan: &Plan,
     options: &mut CopyOptions<'_>,
 ) -> Result<CopyStats> {
+    let total = plan.total;
     let mut stats = CopyStats::default();
     let mut waiting: BTreeMap<u64, Chunk> = BTreeMap::new();
     let mut next = 0u64;
@@ -167,7 +185,7 @@ fn collect(
             Done::Read(chunk) => {
                 waiting.insert(chunk.seq, chunk);
                 while let Some(chunk) = waiting.remove(&next) {
-                    let written = chunk.write(dst)?;
+                    let written = chunk.write(dst, plan.zeroed, plan.gran)?;
                     finished.push((chunk.len, written, chunk.data));
                     next += 1;
                 }
@@ -200,6 +218,8 @@ struct Plan {
     buffer_size: u64,
     zero_gran: usize,
     cursor: Mutex<Cursor>,
+    /// Whether the destination already reads as zeros ([`CopyOptions::target_zeroed`]).
+    zeroed: bool,
 }
 
 impl Plan {
@@ -234,7 +254,7 @@ impl Plan {
             };
             let item = match dst {
                 None => Ok(Done::Read(chunk)),
-                Some(dst) => chunk.write(dst).map(|written| Done::Written {
+                Some(dst) => chunk.write(dst, self.zeroed, self.gran).map(|written| Done::Written {
                     len: chunk.len,
                     written,
                     data: chunk.data,
