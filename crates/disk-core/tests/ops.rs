@@ -80,7 +80,7 @@ fn copy_with_many_workers_in_and_out_of_order_and_failing() {
                 zero_granularity: if out_of_order { 0 } else { 4096 },
                 workers,
                 out_of_order,
-                target_zeroed: true,
+                target: ops::Target::Zeroed,
             },
         )
         .unwrap();

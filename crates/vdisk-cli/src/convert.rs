@@ -139,8 +139,15 @@ pub struct ConvertArgs {
     pub compress: bool,
     /// Do not create DST: copy into the existing image (of format -O, at least as large as
     /// SRC); zeros of SRC are written as zeros.
-    #[arg(short = 'n', conflicts_with_all = ["options", "compress"])]
+    #[arg(short = 'n', conflicts_with_all = ["options", "compress", "backing"])]
     pub existing: bool,
+    /// Make DST a child of this backing file (relative to DST's directory), holding only what
+    /// differs from it.
+    #[arg(short = 'B', value_name = "BACKING")]
+    pub backing: Option<String>,
+    /// Format of the backing file (probed when absent).
+    #[arg(short = 'F', value_name = "BACKING_FMT", requires = "backing")]
+    pub backing_format: Option<String>,
     /// The image to copy (with its whole backing chain).
     pub src: PathBuf,
     /// The new standalone image.
@@ -206,6 +213,9 @@ pub fn run_convert(ctx: &Ctx, args: &ConvertArgs) -> CmdResult {
         out_of_order: args.out_of_order,
         zero_granularity,
         existing: args.existing,
+        backing: args.backing.clone(),
+        backing_format: parse_format_opt(args.backing_format.as_deref())?,
+        resolver: Some(ctx.resolver.clone()),
     };
     let azure = dst_format == vdisk::Format::Vhd && convert_options.options.get("azure").is_some_and(|v| v == "on");
     let size = src.virtual_size();

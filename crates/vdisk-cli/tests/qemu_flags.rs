@@ -299,3 +299,61 @@ fn convert_into_an_existing_image() {
         1,
     );
 }
+
+/// `convert -B` makes a child of the backing file holding only what differs from it: changed
+/// data, and zeros where the source is zero but the backing file is not.
+#[test]
+fn convert_over_a_backing_file() {
+    let (_d, dir) = temp();
+    let base_raw = dir.join("base.raw");
+    sparse_raw(
+        &base_raw,
+        32 * MIB,
+        &[(0, 0x41, 4 * MIB as usize), (10 * MIB, 0x42, MIB as usize)],
+    );
+    let new_raw = dir.join("new.raw");
+    std::fs::copy(&base_raw, &new_raw).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&new_raw).unwrap();
+        f.write_all_at(&[0x43; 4096], 2 * MIB).unwrap();
+        f.write_all_at(&vec![0; MIB as usize], 10 * MIB).unwrap();
+        f.write_all_at(&[0x44; 512], 20 * MIB).unwrap();
+    }
+    for fmt in ["vmdk", "vhdx", "vpc"] {
+        let base = dir.join(format!("base.{fmt}"));
+        let child = dir.join(format!("child.{fmt}"));
+        ok(&vdisk(["convert", "-O", fmt, s(&base_raw), s(&base)]));
+        let name = base.file_name().unwrap().to_str().unwrap();
+        ok(&vdisk([
+            "convert",
+            "-O",
+            fmt,
+            "-B",
+            name,
+            "-F",
+            fmt,
+            s(&new_raw),
+            s(&child),
+        ]));
+        let info = json(&vdisk(["info", "--output=json", s(&child)]));
+        assert_eq!(info["backing-filename"], name, "{info}");
+        let out = ok(&vdisk(["compare", s(&new_raw), s(&child)]));
+        assert!(out.contains("identical"), "{fmt}: {out}");
+        // Only the three changed ranges live in the child.
+        let map = json(&vdisk(["map", "--output=json", s(&child)]));
+        let own: u64 = map
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["depth"] == 0 && e["present"] == true)
+            .map(|e| e["length"].as_u64().unwrap())
+            .sum();
+        assert!(own <= 2 * MIB + 128 * 1024, "{fmt}: {own} bytes in the child");
+        if fmt == "vmdk" && qemu_img_available("convert_over_a_backing_file") {
+            let cmp = qemu_img(["compare", "-f", "raw", "-F", "vmdk", s(&new_raw), s(&child)]);
+            assert!(cmp.status.success(), "{}", stdout(&cmp));
+            assert!(qemu_img(["check", s(&child)]).status.success());
+        }
+    }
+}

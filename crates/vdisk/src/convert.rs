@@ -1,8 +1,8 @@
 //! Copying any disk into a new standalone image.
 
 use crate::{CreateOptions, Disk, Format, OpenOptions, create, open_storage};
-use disk_core::ops::{self, CopyOptions, CopyStats};
-use disk_core::{Error, FileStorage, FsPolicy, FsResolver, Options, Result, ResultExt};
+use disk_core::ops::{self, CopyOptions, CopyStats, Target};
+use disk_core::{Error, FileStorage, FsPolicy, FsResolver, Options, Resolver, Result, ResultExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -31,6 +31,14 @@ pub struct ConvertOptions<'a> {
     /// source; what the source reads as zeros is written as zeros there, and the image is left
     /// in place on failure. `options` must then be empty.
     pub existing: bool,
+    /// Make the new image a child of this backing file (qemu-img's `-B`; recorded as given,
+    /// relative to the new image's directory), writing only what differs from it.
+    pub backing: Option<String>,
+    /// The backing file's format (probed when `None`).
+    pub backing_format: Option<Format>,
+    /// The gate the backing file is opened through (with [`ConvertOptions::backing`]; the new
+    /// image's own extent files are opened through it too). `None`: the new image's directory.
+    pub resolver: Option<Arc<dyn Resolver>>,
 }
 
 impl<'a> ConvertOptions<'a> {
@@ -45,6 +53,9 @@ impl<'a> ConvertOptions<'a> {
             out_of_order: false,
             zero_granularity: None,
             existing: false,
+            backing: None,
+            backing_format: None,
+            resolver: None,
         }
     }
 }
@@ -66,6 +77,12 @@ pub fn convert(src: &dyn Disk, dst: impl AsRef<Path>, options: ConvertOptions<'_
         ))
         .with_file(dst);
     }
+    if options.existing && options.backing.is_some() {
+        return Err(Error::invalid_argument(
+            "a backing file (-B) is recorded by creating the image: not with an existing one (-n)",
+        ))
+        .with_file(dst);
+    }
     if options.existing {
         if let Some(key) = options.options.keys().next() {
             return Err(Error::invalid_argument(format!(
@@ -76,9 +93,19 @@ pub fn convert(src: &dyn Disk, dst: impl AsRef<Path>, options: ConvertOptions<'_
     } else {
         let mut create_opts = CreateOptions::new(options.format, size);
         create_opts.options = options.options;
+        create_opts.backing = options.backing.clone();
+        create_opts.backing_format = options.backing_format;
+        if let Some(resolver) = &options.resolver {
+            create_opts.resolver = resolver.clone();
+        }
         create(dst, &create_opts)?;
     }
     let existing = options.existing;
+    let target = match (existing, options.backing.is_some()) {
+        (true, _) => Target::Unknown,
+        (false, true) => Target::Compare,
+        (false, false) => Target::Zeroed,
+    };
     let result = (|| {
         // The image's own extent files (split and flat VMDK) lie beside it.
         let mut own_files = FsResolver::new(FsPolicy::SameDirectory);
@@ -87,10 +114,14 @@ pub fn convert(src: &dyn Disk, dst: impl AsRef<Path>, options: ConvertOptions<'_
             own_files = own_files.without_sync();
             storage = storage.without_sync();
         }
+        let resolver: Arc<dyn Resolver> = match &options.resolver {
+            Some(r) if options.backing.is_some() => r.clone(),
+            _ => Arc::new(own_files),
+        };
         let open_options = OpenOptions::new()
             .format(Some(options.format))
             .writable(true)
-            .resolver(Arc::new(own_files));
+            .resolver(resolver);
         let out = open_storage(Arc::new(storage), Some(dst), &open_options)?;
         if out.virtual_size() < size {
             return Err(Error::invalid_argument(format!(
@@ -107,7 +138,7 @@ pub fn convert(src: &dyn Disk, dst: impl AsRef<Path>, options: ConvertOptions<'_
                 workers: options.workers,
                 out_of_order: options.out_of_order,
                 zero_granularity: options.zero_granularity.unwrap_or(defaults.zero_granularity),
-                target_zeroed: !existing,
+                target,
                 ..defaults
             },
         )?;

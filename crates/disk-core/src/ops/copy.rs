@@ -34,11 +34,28 @@ pub struct CopyOptions<'a> {
     /// Let workers write their chunks in any order (qemu-img's `-W`). Only for outputs that
     /// take writes anywhere (not stream-optimized VMDK).
     pub out_of_order: bool,
-    /// The destination reads as zeros where nothing is written (a new image). When false (an
-    /// existing image, qemu-img's `convert -n`), what the source reads as zeros is written as
-    /// zeros ([`Disk::write_zeroes`]) instead of skipped.
-    pub target_zeroed: bool,
+    /// What the destination reads before the copy.
+    pub target: Target,
 }
+
+/// What the destination of a [`copy`] reads before anything is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    /// Zeros (a new image): what the source reads as zeros is skipped.
+    #[default]
+    Zeroed,
+    /// Anything (an existing image, qemu-img's `convert -n`): what the source reads as zeros
+    /// is written as zeros ([`Disk::write_zeroes`]).
+    Unknown,
+    /// Content worth keeping (a new child over a backing file, qemu-img's `convert -B`): the
+    /// destination is read first, and only what differs from the source is written (zeros
+    /// as [`Disk::write_zeroes`]), so what the backing file already holds stays unallocated.
+    Compare,
+}
+
+/// Bytes compared at once against a [`Target::Compare`] destination: what differs is written in
+/// pieces of this size.
+const COMPARE_UNIT: usize = 64 << 10;
 
 impl Default for CopyOptions<'_> {
     fn default() -> Self {
@@ -48,7 +65,7 @@ impl Default for CopyOptions<'_> {
             zero_granularity: 64 << 10,
             workers: 0,
             out_of_order: false,
-            target_zeroed: true,
+            target: Target::Zeroed,
         }
     }
 }
@@ -83,24 +100,60 @@ struct Chunk {
 }
 
 impl Chunk {
-    /// Write the chunk's non-zero pieces to `dst` (and, unless `zeroed`, zeros over the rest,
-    /// `gran` bytes per sector); the bytes of data written.
-    fn write(&self, dst: &dyn Disk, zeroed: bool, gran: u64) -> Result<u64> {
-        let mut written = 0u64;
-        let mut done = 0u64;
+    /// Write the chunk to `dst` as `target` needs (`gran` bytes per sector); the bytes of data
+    /// written.
+    fn write(&self, dst: &dyn Disk, target: Target, gran: u64) -> Result<u64> {
         let zeros = |from: u64, to: u64| -> Result<()> {
-            if zeroed || to <= from {
+            if to <= from {
                 return Ok(());
             }
             dst.write_zeroes((self.pos + from) / gran, (to - from).div_ceil(gran))
         };
+        if target == Target::Compare {
+            return self.write_differences(dst, gran);
+        }
+        let mut written = 0u64;
+        let mut done = 0u64;
         for piece in &self.pieces {
-            zeros(done, piece.start as u64)?;
+            if target == Target::Unknown {
+                zeros(done, piece.start as u64)?;
+            }
             write_bytes(dst, self.pos + piece.start as u64, &self.data[piece.clone()])?;
             written += piece.len() as u64;
             done = piece.end as u64;
         }
-        zeros(done, self.len)?;
+        if target == Target::Unknown {
+            zeros(done, self.len)?;
+        }
+        Ok(written)
+    }
+
+    /// Write what differs between the chunk and what `dst` reads there, a
+    /// [`COMPARE_UNIT`] at a time: data where the chunk holds data, zeros where it is zero.
+    fn write_differences(&self, dst: &dyn Disk, gran: u64) -> Result<u64> {
+        let len = usize::try_from(self.len).unwrap_or(usize::MAX);
+        let mut current = vec![0u8; len];
+        read_bytes(dst, self.pos, &mut current)?;
+        let mut written = 0u64;
+        let mut at = 0usize;
+        while at < len {
+            let end = (at + COMPARE_UNIT).min(len);
+            let want = self.data.get(at..end);
+            let differs = match want {
+                Some(want) => want != &current[at..end],
+                None => !is_zero(&current[at..end]),
+            };
+            if differs {
+                match want.filter(|w| !is_zero(w)) {
+                    Some(want) => {
+                        write_bytes(dst, self.pos + at as u64, want)?;
+                        written += want.len() as u64;
+                    }
+                    None => dst.write_zeroes((self.pos + at as u64) / gran, ((end - at) as u64).div_ceil(gran))?,
+                }
+            }
+            at = end;
+        }
         Ok(written)
     }
 }
@@ -136,7 +189,7 @@ pub fn copy(src: &dyn Disk, dst: &dyn Disk, mut options: CopyOptions<'_>) -> Res
             z => ((z as u64).max(gran) / gran * gran) as usize,
         },
         cursor: Mutex::new(Cursor { pos: 0, seq: 0 }),
-        zeroed: options.target_zeroed,
+        target: options.target,
     };
     let buffers = workers + READ_AHEAD;
     let (done_tx, done_rx) = sync_channel::<Result<Done>>(buffers);
@@ -185,7 +238,7 @@ fn collect(
             Done::Read(chunk) => {
                 waiting.insert(chunk.seq, chunk);
                 while let Some(chunk) = waiting.remove(&next) {
-                    let written = chunk.write(dst, plan.zeroed, plan.gran)?;
+                    let written = chunk.write(dst, plan.target, plan.gran)?;
                     finished.push((chunk.len, written, chunk.data));
                     next += 1;
                 }
@@ -218,8 +271,8 @@ struct Plan {
     buffer_size: u64,
     zero_gran: usize,
     cursor: Mutex<Cursor>,
-    /// Whether the destination already reads as zeros ([`CopyOptions::target_zeroed`]).
-    zeroed: bool,
+    /// What the destination reads before the copy.
+    target: Target,
 }
 
 impl Plan {
@@ -254,7 +307,7 @@ impl Plan {
             };
             let item = match dst {
                 None => Ok(Done::Read(chunk)),
-                Some(dst) => chunk.write(dst, self.zeroed, self.gran).map(|written| Done::Written {
+                Some(dst) => chunk.write(dst, self.target, self.gran).map(|written| Done::Written {
                     len: chunk.len,
                     written,
                     data: chunk.data,

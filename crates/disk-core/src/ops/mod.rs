@@ -8,7 +8,7 @@ mod map;
 
 pub use chain::{Moved, commit_data, rebase_data};
 pub use compare::{Comparison, compare, compare_with_progress};
-pub use copy::{CopyOptions, CopyStats, copy};
+pub use copy::{CopyOptions, CopyStats, Target, copy};
 pub use map::{MapEntry, map, map_each, map_range};
 
 use crate::disk::{Allocation, Disk};
