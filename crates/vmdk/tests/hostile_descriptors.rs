@@ -93,6 +93,7 @@ fn discard_on_a_large_child_needs_no_large_buffer() {
             resolver,
             lenient: false,
             repair: false,
+            locking: disk_core::Locking::Auto,
         }
     }
     let shared = Arc::new(MemResolver::new());
