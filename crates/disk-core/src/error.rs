@@ -70,9 +70,7 @@ impl ErrorKind {
             | ErrorKind::Poisoned
             | ErrorKind::ExternalFileDenied
             | ErrorKind::NotFound
-            | ErrorKind::Locked => {
-                DeviceStatus::IoError
-            }
+            | ErrorKind::Locked => DeviceStatus::IoError,
         }
     }
 }

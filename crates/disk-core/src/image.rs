@@ -176,44 +176,42 @@ impl Image {
                 false,
                 options.locking,
             )
-            .and_then(
-                |opened| {
-                    if image.layers.len() >= options.max_chain_depth {
+            .and_then(|opened| {
+                if image.layers.len() >= options.max_chain_depth {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        format!("backing chain is deeper than {} images", options.max_chain_depth),
+                    ));
+                }
+                if seen.contains(&opened.path) {
+                    return Err(Error::corrupt(format!(
+                        "backing chain loops back to '{}'",
+                        opened.path.display()
+                    )));
+                }
+                let ctx = options.context(Some(&opened.path), false);
+                let layer = open_layer(parent_ref.format, opened.storage.clone(), &ctx)
+                    .map_err(|e| e.with_file(&opened.path))?;
+                let child = &image.layers.last().expect("top").layer;
+                if options.verify_parents {
+                    if !child.parent_identity_recorded() && !options.trust_unlinked_parent {
                         return Err(Error::new(
-                            ErrorKind::Unsupported,
-                            format!("backing chain is deeper than {} images", options.max_chain_depth),
+                            ErrorKind::ParentMismatch,
+                            "the image records no identity for its parent (so any file would be \
+                             accepted as the parent); opening it needs an explicit opt-in",
                         ));
                     }
-                    if seen.contains(&opened.path) {
-                        return Err(Error::corrupt(format!(
-                            "backing chain loops back to '{}'",
-                            opened.path.display()
-                        )));
-                    }
-                    let ctx = options.context(Some(&opened.path), false);
-                    let layer = open_layer(parent_ref.format, opened.storage.clone(), &ctx)
-                        .map_err(|e| e.with_file(&opened.path))?;
-                    let child = &image.layers.last().expect("top").layer;
-                    if options.verify_parents {
-                        if !child.parent_identity_recorded() && !options.trust_unlinked_parent {
-                            return Err(Error::new(
-                                ErrorKind::ParentMismatch,
-                                "the image records no identity for its parent (so any file would be \
-                             accepted as the parent); opening it needs an explicit opt-in",
-                            ));
-                        }
-                        child.verify_parent(&*layer)?;
-                    }
-                    if layer.sector_size() != child.sector_size() {
-                        return Err(Error::unsupported(format!(
-                            "parent has {}-byte sectors but the child has {}-byte sectors",
-                            layer.sector_size(),
-                            child.sector_size()
-                        )));
-                    }
-                    Ok((layer, opened.path))
-                },
-            );
+                    child.verify_parent(&*layer)?;
+                }
+                if layer.sector_size() != child.sector_size() {
+                    return Err(Error::unsupported(format!(
+                        "parent has {}-byte sectors but the child has {}-byte sectors",
+                        layer.sector_size(),
+                        child.sector_size()
+                    )));
+                }
+                Ok((layer, opened.path))
+            });
             match opened {
                 Ok((layer, path)) => {
                     seen.push(path.clone());

@@ -276,9 +276,7 @@ mod sys {
                         return Err(locked(&format!("Failed to lock byte {byte}"), path));
                     }
                     Err(e) => {
-                        return Err(
-                            Error::io(e.into(), format!("Failed to lock byte {byte}")).with_file(path)
-                        );
+                        return Err(Error::io(e.into(), format!("Failed to lock byte {byte}")).with_file(path));
                     }
                 }
             }
@@ -340,10 +338,16 @@ mod tests {
 
     #[test]
     fn force_share_is_for_readers_only() {
-        assert_eq!(Locking::ForceShare.request(false).unwrap(), Some(LockRequest::FORCE_SHARE));
+        assert_eq!(
+            Locking::ForceShare.request(false).unwrap(),
+            Some(LockRequest::FORCE_SHARE)
+        );
         let e = Locking::ForceShare.request(true).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
-        assert!(e.message().contains("force-share=on can only be used with read-only images"));
+        assert!(
+            e.message()
+                .contains("force-share=on can only be used with read-only images")
+        );
         assert_eq!(Locking::Off.request(true).unwrap(), None);
     }
 
@@ -364,7 +368,10 @@ mod tests {
         assert!(e.message().starts_with("Failed to get \"write\" lock"), "{e}");
         let e = try_lock(&open(), LockRequest::READ_ONLY).unwrap_err();
         assert!(e.message().starts_with("Failed to get shared \"write\" lock"), "{e}");
-        assert_eq!(try_lock(&open(), LockRequest::CREATE).unwrap_err().kind(), ErrorKind::Locked);
+        assert_eq!(
+            try_lock(&open(), LockRequest::CREATE).unwrap_err().kind(),
+            ErrorKind::Locked
+        );
         let shared = open();
         try_lock(&shared, LockRequest::FORCE_SHARE).unwrap();
         drop(writer);
@@ -374,7 +381,10 @@ mod tests {
         let (r1, r2) = (open(), open());
         try_lock(&r1, LockRequest::READ_ONLY).unwrap();
         try_lock(&r2, LockRequest::READ_ONLY).unwrap();
-        assert_eq!(try_lock(&open(), LockRequest::READ_WRITE).unwrap_err().kind(), ErrorKind::Locked);
+        assert_eq!(
+            try_lock(&open(), LockRequest::READ_WRITE).unwrap_err().kind(),
+            ErrorKind::Locked
+        );
         drop((r1, r2));
         let writer = open();
         try_lock(&writer, LockRequest::READ_WRITE).unwrap();

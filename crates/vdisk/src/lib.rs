@@ -75,8 +75,7 @@ pub use registry::{driver, drivers, probe};
 pub use disk_core::{
     self, Allocation, BlockStatus, CheckReport, DenyExternal, DeviceStatus, DiscardBehavior, Disk, Error, ErrorKind,
     Findings, Format, FsPolicy, FsResolver, Image, InfoValue, Layer, LayerInfo, Locking, MemStorage, MissingParent,
-    OpenOptions,
-    Options, Repair, Resolver, Result, Storage, bytes, ops, parse_size,
+    OpenOptions, Options, Repair, Resolver, Result, Storage, bytes, ops, parse_size,
 };
 pub use disk_resize;
 pub use vhd1;
