@@ -1,6 +1,6 @@
 //! `vdisk create` and `vdisk convert`: making new images.
 
-use crate::common::{CmdResult, Ctx, Failure, parse_format, parse_format_opt, parse_options};
+use crate::common::{CmdResult, Ctx, Failure, ForceShare, parse_format, parse_format_opt, parse_options};
 use crate::output::emit;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -95,12 +95,15 @@ pub struct ConvertArgs {
     pub src: PathBuf,
     /// The new standalone image.
     pub dst: PathBuf,
+    #[command(flatten)]
+    pub share: ForceShare,
 }
 
 const MIB: u64 = 1 << 20;
 
 /// Run `vdisk convert`.
 pub fn run_convert(ctx: &Ctx, args: &ConvertArgs) -> CmdResult {
+    let ctx = &ctx.sharing(args.share.force_share);
     let src_format = parse_format_opt(args.format.as_deref())?;
     let dst_format = parse_format(&args.output_format)?;
     let options = parse_options(&args.options)?;
