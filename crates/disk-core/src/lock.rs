@@ -20,7 +20,7 @@
 //! Locking needs Linux (OFD locks). Elsewhere [`lock_file`] does nothing, as QEMU's `locking=auto`
 //! does without OFD locks.
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::storage::Storage;
 use std::fs::File;
 use std::path::Path;
@@ -210,24 +210,24 @@ pub fn lock_file(file: &File, path: &Path, request: LockRequest) -> Result<()> {
     sys::lock_file(file, path, request)
 }
 
-/// The error for a lock another open of the file holds.
-fn locked(what: &str, path: &Path) -> Error {
-    Error::new(
-        ErrorKind::Locked,
-        format!("{what}; is another process using the image [{}]?", path.display()),
-    )
-    .with_file(path)
-}
-
 #[cfg(all(target_os = "linux", not(target_arch = "mips")))]
 mod sys {
-    use super::{LockRequest, locked};
-    use crate::error::{Error, Result};
+    use super::LockRequest;
+    use crate::error::{Error, ErrorKind, Result};
     use nix::errno::Errno;
     use nix::fcntl::{FcntlArg, fcntl};
     use nix::libc;
     use std::fs::File;
     use std::path::Path;
+
+    /// The error for a lock another open of the file holds.
+    fn locked(what: &str, path: &Path) -> Error {
+        Error::new(
+            ErrorKind::Locked,
+            format!("{what}; is another process using the image [{}]?", path.display()),
+        )
+        .with_file(path)
+    }
 
     /// A one-byte lock description (OFD locks want `l_pid` 0).
     fn one_byte(kind: libc::c_int, byte: u64) -> libc::flock {
@@ -312,6 +312,7 @@ mod sys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     #[test]
     fn byte_layout_is_qemus() {
