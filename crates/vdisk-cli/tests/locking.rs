@@ -243,3 +243,32 @@ fn vmdk_extents_are_locked_with_their_image() {
     drop(held);
     ok(&qemu_io("raw", &[], "write 0 512", &extent));
 }
+
+#[test]
+fn commit_and_resize_refuse_a_chain_qemu_uses() {
+    if !qemu_available("commit_and_resize_refuse_a_chain_qemu_uses") {
+        return;
+    }
+    let (_d, dir) = temp();
+    let base = dir.join("base.vmdk");
+    let child = dir.join("child.vmdk");
+    ok(&vdisk(["create", "-f", "vmdk", s(&base), "16M"]));
+    ok(&vdisk(["create", "-f", "vmdk", "-b", "base.vmdk", s(&child)]));
+    ok(&vdisk(["io", "-c", "write -P 0x33 0 65536", s(&child)]));
+    let base_before = fingerprint(&base);
+    {
+        // A VM reading the parent as its backing file: committing into it is refused.
+        let _reader = QemuIo::hold("vmdk", &["-r"], &base);
+        vdisk_refused(&vdisk(["commit", s(&child)]), "Failed to get \"write\" lock");
+        vdisk_refused(&vdisk(["resize", s(&base), "32M"]), "Failed to get \"write\" lock");
+    }
+    {
+        // A VM writing the child: its data cannot be committed under it.
+        let _vm = QemuIo::hold("vmdk", &[], &child);
+        vdisk_refused(&vdisk(["commit", s(&child)]), "Failed to get shared \"write\" lock");
+    }
+    assert_eq!(fingerprint(&base), base_before, "the parent is untouched");
+    // With nobody using the chain, commit works (it writes the parent beside its own reader).
+    ok(&vdisk(["commit", s(&child)]));
+    ok(&vdisk(["io", "-c", "read -P 0x33 0 65536", s(&base)]));
+}
