@@ -204,7 +204,7 @@ impl Locking {
 
 /// Take `request`'s locks on `file` (opened from `path`, named in errors) and check that no
 /// other open of the file forbids them. The locks stay as long as the file stays open. On
-/// failure ([`ErrorKind::Locked`] when another open holds a conflicting lock) the bytes this
+/// failure ([`crate::ErrorKind::Locked`] when another open holds a conflicting lock) the bytes this
 /// call locked are released again.
 pub fn lock_file(file: &File, path: &Path, request: LockRequest) -> Result<()> {
     sys::lock_file(file, path, request)
