@@ -3,6 +3,7 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::Image;
 use crate::layer::Layer;
+use crate::lock::Locking;
 use crate::options::Options;
 use crate::probe::Format;
 use crate::resolve::{FileKind, FileRequest, Opened, Resolver};
@@ -25,17 +26,24 @@ pub struct OpenContext<'a> {
     /// Open writable even when the space map found conflicts (`check -r`): the engine drops or
     /// ignores the conflicting entries and never writes through them.
     pub repair: bool,
+    /// How the files the image names are locked ([`OpenContext::open_external`]).
+    pub locking: Locking,
 }
 
 impl OpenContext<'_> {
-    /// Open a file the image names (an extent), through the caller's resolver.
+    /// Open a file the image names (an extent), through the caller's resolver, and lock it as
+    /// [`OpenContext::locking`] says (an extent is used as the image is: written when it is).
     pub fn open_external(&self, recorded: &str, kind: FileKind) -> Result<Opened> {
-        self.resolver.open(&FileRequest {
+        let opened = self.resolver.open(&FileRequest {
             referrer: self.path,
             recorded,
             kind,
             writable: self.writable,
-        })
+        })?;
+        self.locking
+            .apply(&*opened.storage, self.writable)
+            .map_err(|e| e.with_file(&opened.path))?;
+        Ok(opened)
     }
 }
 

@@ -36,6 +36,9 @@ pub enum ErrorKind {
     /// longer known to match the file: changes are refused until the image is reopened (which
     /// recovers it, e.g. by replaying the VHDX log).
     Poisoned,
+    /// Another open of a file of the image (another process, such as a running VM, or another
+    /// handle) holds a lock that forbids this use of it (see [`crate::lock`]).
+    Locked,
 }
 
 impl ErrorKind {
@@ -53,6 +56,7 @@ impl ErrorKind {
             ErrorKind::ParentMismatch => "parent mismatch",
             ErrorKind::UnknownFormat => "unknown format",
             ErrorKind::Poisoned => "poisoned",
+            ErrorKind::Locked => "locked",
         }
     }
 
@@ -62,9 +66,11 @@ impl ErrorKind {
             ErrorKind::OutOfRange | ErrorKind::InvalidArgument | ErrorKind::Unsupported => DeviceStatus::IllegalRequest,
             ErrorKind::ReadOnly => DeviceStatus::WriteProtected,
             ErrorKind::Corrupt | ErrorKind::ParentMismatch | ErrorKind::UnknownFormat => DeviceStatus::MediumError,
-            ErrorKind::Io | ErrorKind::Poisoned | ErrorKind::ExternalFileDenied | ErrorKind::NotFound => {
-                DeviceStatus::IoError
-            }
+            ErrorKind::Io
+            | ErrorKind::Poisoned
+            | ErrorKind::ExternalFileDenied
+            | ErrorKind::NotFound
+            | ErrorKind::Locked => DeviceStatus::IoError,
         }
     }
 }

@@ -4,6 +4,7 @@ use crate::disk::{Allocation, BlockStatus, DiscardBehavior, Disk, SectorRange};
 use crate::driver::{LayerOpener, OpenContext};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layer::{Layer, LayerInfo, ParentRef};
+use crate::lock::Locking;
 use crate::mapping::{Run, WriteRun};
 use crate::mover::{read_layer, write_layer};
 use crate::probe::Format;
@@ -53,6 +54,11 @@ pub struct OpenOptions {
     /// default: such a chain is refused with [`ErrorKind::ParentMismatch`], because any image
     /// the locator reaches would be accepted as the parent.
     pub trust_unlinked_parent: bool,
+    /// Whether the image's files (the image, its parents, its extents) are locked as QEMU locks
+    /// them, so that `vdisk` and QEMU see each other's use of an image (see [`crate::lock`]).
+    /// Default [`Locking::Auto`]: a writable open refuses to share writing, a read-only open
+    /// refuses to run beside a writer. The locks last as long as the opened image.
+    pub locking: Locking,
 }
 
 impl Default for OpenOptions {
@@ -67,6 +73,7 @@ impl Default for OpenOptions {
             lenient: false,
             repair: false,
             trust_unlinked_parent: false,
+            locking: Locking::Auto,
         }
     }
 }
@@ -95,6 +102,12 @@ impl OpenOptions {
         self
     }
 
+    /// Set [`OpenOptions::locking`].
+    pub fn locking(mut self, locking: Locking) -> Self {
+        self.locking = locking;
+        self
+    }
+
     /// The context an engine gets for an image at `path`.
     pub fn context<'a>(&'a self, path: Option<&'a Path>, writable: bool) -> OpenContext<'a> {
         OpenContext {
@@ -103,6 +116,7 @@ impl OpenOptions {
             resolver: &*self.resolver,
             lenient: self.lenient,
             repair: self.repair,
+            locking: self.locking,
         }
     }
 }
@@ -155,44 +169,49 @@ impl Image {
                 break;
             };
             let child_path = current.path.clone();
-            let opened = Self::resolve_parent(&*options.resolver, child_path.as_deref(), &parent_ref, false).and_then(
-                |opened| {
-                    if image.layers.len() >= options.max_chain_depth {
+            let opened = Self::resolve_parent(
+                &*options.resolver,
+                child_path.as_deref(),
+                &parent_ref,
+                false,
+                options.locking,
+            )
+            .and_then(|opened| {
+                if image.layers.len() >= options.max_chain_depth {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        format!("backing chain is deeper than {} images", options.max_chain_depth),
+                    ));
+                }
+                if seen.contains(&opened.path) {
+                    return Err(Error::corrupt(format!(
+                        "backing chain loops back to '{}'",
+                        opened.path.display()
+                    )));
+                }
+                let ctx = options.context(Some(&opened.path), false);
+                let layer = open_layer(parent_ref.format, opened.storage.clone(), &ctx)
+                    .map_err(|e| e.with_file(&opened.path))?;
+                let child = &image.layers.last().expect("top").layer;
+                if options.verify_parents {
+                    if !child.parent_identity_recorded() && !options.trust_unlinked_parent {
                         return Err(Error::new(
-                            ErrorKind::Unsupported,
-                            format!("backing chain is deeper than {} images", options.max_chain_depth),
+                            ErrorKind::ParentMismatch,
+                            "the image records no identity for its parent (so any file would be \
+                             accepted as the parent); opening it needs an explicit opt-in",
                         ));
                     }
-                    if seen.contains(&opened.path) {
-                        return Err(Error::corrupt(format!(
-                            "backing chain loops back to '{}'",
-                            opened.path.display()
-                        )));
-                    }
-                    let ctx = options.context(Some(&opened.path), false);
-                    let layer = open_layer(parent_ref.format, opened.storage.clone(), &ctx)
-                        .map_err(|e| e.with_file(&opened.path))?;
-                    let child = &image.layers.last().expect("top").layer;
-                    if options.verify_parents {
-                        if !child.parent_identity_recorded() && !options.trust_unlinked_parent {
-                            return Err(Error::new(
-                                ErrorKind::ParentMismatch,
-                                "the image records no identity for its parent (so any file would be \
-                             accepted as the parent); opening it needs an explicit opt-in",
-                            ));
-                        }
-                        child.verify_parent(&*layer)?;
-                    }
-                    if layer.sector_size() != child.sector_size() {
-                        return Err(Error::unsupported(format!(
-                            "parent has {}-byte sectors but the child has {}-byte sectors",
-                            layer.sector_size(),
-                            child.sector_size()
-                        )));
-                    }
-                    Ok((layer, opened.path))
-                },
-            );
+                    child.verify_parent(&*layer)?;
+                }
+                if layer.sector_size() != child.sector_size() {
+                    return Err(Error::unsupported(format!(
+                        "parent has {}-byte sectors but the child has {}-byte sectors",
+                        layer.sector_size(),
+                        child.sector_size()
+                    )));
+                }
+                Ok((layer, opened.path))
+            });
             match opened {
                 Ok((layer, path)) => {
                     seen.push(path.clone());
@@ -223,12 +242,14 @@ impl Image {
     }
 
     /// Open the parent `parent` that the image at `child` records, through `resolver` (each
-    /// locator in turn; a refusal stops the search), for writing when `writable` (commit).
+    /// locator in turn; a refusal stops the search), for writing when `writable` (commit), and
+    /// lock the file opened as `locking` says.
     pub fn resolve_parent(
         resolver: &dyn Resolver,
         child: Option<&Path>,
         parent: &ParentRef,
         writable: bool,
+        locking: Locking,
     ) -> Result<Opened> {
         let (locators, display) = (&parent.locators, &parent.display);
         let mut first_error = None;
@@ -239,7 +260,10 @@ impl Image {
                 kind: FileKind::Parent,
                 writable,
             }) {
-                Ok(o) => return Ok(o),
+                Ok(o) => {
+                    locking.apply(&*o.storage, writable).map_err(|e| e.with_file(&o.path))?;
+                    return Ok(o);
+                }
                 Err(e) if e.kind() == ErrorKind::ExternalFileDenied => return Err(e),
                 Err(e) => {
                     first_error.get_or_insert(e);

@@ -30,6 +30,7 @@ pub mod geometry;
 pub mod guid;
 mod image;
 mod layer;
+pub mod lock;
 pub mod mapping;
 pub mod mover;
 pub mod ops;
@@ -54,6 +55,7 @@ pub use driver::{
 pub use error::{DeviceStatus, Error, ErrorContext, ErrorKind, IoResultExt, Result, ResultExt, display_chain};
 pub use image::{Image, MissingParent, OpenOptions, ReadMapping, ReadSource, WriteMapping};
 pub use layer::{CheckReport, Findings, InfoValue, Layer, LayerInfo, MAX_CHECK_DETAILS, NewParent, ParentRef, Repair};
+pub use lock::Locking;
 pub use options::{Options, parse_size};
 pub use probe::{Format, extension_is, probe_head, probe_with};
 pub use raw::{RawDriver, RawLayer};

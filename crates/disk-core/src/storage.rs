@@ -4,6 +4,7 @@
 //! ([`MemStorage`]) used by tests, fuzzers and benchmarks. Because every call names its offset,
 //! any number of threads may read through one `Storage` at once.
 
+use crate::lock::{LockRequest, lock_file};
 use crate::sync::{lock, read_lock, write_lock};
 use std::collections::HashMap;
 use std::fmt;
@@ -95,6 +96,15 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn allocation(&self, offset: u64, len: u64) -> io::Result<(bool, u64)> {
         let _ = offset;
         Ok((true, len))
+    }
+
+    /// Take QEMU-compatible locks on the file for as long as this storage stays open, failing
+    /// with [`crate::ErrorKind::Locked`] if another open of the file forbids them (see
+    /// [`crate::lock`]). The default takes none: storage no other process can see (memory)
+    /// needs none.
+    fn lock(&self, request: LockRequest) -> crate::Result<()> {
+        let _ = request;
+        Ok(())
     }
 }
 
@@ -325,6 +335,10 @@ impl Storage for FileStorage {
         }
         Ok((true, hole.clamp(offset + 1, end) - offset))
     }
+
+    fn lock(&self, request: LockRequest) -> crate::Result<()> {
+        lock_file(&self.file, &self.path, request)
+    }
 }
 
 /// Size of the pieces a [`MemStorage`] allocates.
@@ -552,6 +566,9 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     }
     fn allocation(&self, offset: u64, len: u64) -> io::Result<(bool, u64)> {
         (**self).allocation(offset, len)
+    }
+    fn lock(&self, request: LockRequest) -> crate::Result<()> {
+        (**self).lock(request)
     }
 }
 

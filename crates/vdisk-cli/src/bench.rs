@@ -112,8 +112,8 @@ pub struct BenchArgs {
     /// Write test (default: read).
     #[arg(short = 'w', long = "write")]
     pub write: bool,
-    /// Accepted for compatibility in a read test (vdisk takes no image locks); refused with -w,
-    /// as qemu-img refuses it.
+    /// Force-share: read while another process (a running VM) writes the image, as qemu-img's
+    /// -U; refused with -w, as qemu-img refuses it.
     #[arg(short = 'U', long = "force-share", conflicts_with = "write")]
     pub force_share: bool,
     /// Random offsets, multiples of the buffer size (vdisk extension).
@@ -523,9 +523,9 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> CmdResult {
             args.depth
         )));
     }
-    // -n and -i choose qemu's AIO back-end and -U its image locking, which vdisk does not have;
-    // -q changes nothing qemu-img bench prints.
-    let _ = (args.native, args.aio, args.force_share);
+    // -n and -i choose qemu's AIO back-end, which vdisk does not have.
+    let _ = (args.native, args.aio);
+    let ctx = &ctx.sharing(args.force_share);
 
     let image = ctx.open(&args.file, format, args.write, MissingParent::Fail)?;
     let bufsize = args.buffer_size;

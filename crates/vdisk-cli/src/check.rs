@@ -1,6 +1,6 @@
 //! `vdisk check`: verify an image's metadata, optionally repairing it.
 
-use crate::common::{CmdResult, Ctx, in_file, parse_format_opt};
+use crate::common::{CmdResult, Ctx, ForceShare, in_file, parse_format_opt};
 use crate::output::{OutputFormat, emit, pretty_json};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -34,10 +34,13 @@ pub struct CheckArgs {
     pub output: OutputFormat,
     /// The image.
     pub file: PathBuf,
+    #[command(flatten)]
+    pub share: ForceShare,
 }
 
 /// Run `vdisk check`: exit 0 clean, 2 corruptions, 3 only leaks, 1 could not check.
 pub fn run(ctx: &Ctx, args: &CheckArgs) -> CmdResult {
+    let ctx = &ctx.sharing(args.share.force_share);
     let format = parse_format_opt(args.format.as_deref())?;
     let repair = match args.repair {
         None => Repair::None,

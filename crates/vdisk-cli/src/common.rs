@@ -5,7 +5,7 @@ use std::sync::Arc;
 use vdisk::disk_core::display_chain;
 use vdisk::disk_core::{FileRequest, Opened};
 use vdisk::{
-    DenyExternal, Error, ErrorKind, Format, FsPolicy, FsResolver, Image, MissingParent, OpenOptions, Resolver,
+    DenyExternal, Error, ErrorKind, Format, FsPolicy, FsResolver, Image, Locking, MissingParent, OpenOptions, Resolver,
 };
 
 /// A command's failure: the one line printed after `vdisk: error: ` and the exit status.
@@ -86,6 +86,17 @@ pub struct Ctx {
     pub no_external: bool,
     /// `--trust-unlinked-parent`: see [`OpenOptions::trust_unlinked_parent`].
     pub trust_unlinked_parent: bool,
+    /// How images are locked: QEMU's way by default, [`Locking::ForceShare`] with `-U`.
+    pub locking: Locking,
+}
+
+/// `-U` / `--force-share`, as qemu-img takes it on commands that only read.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct ForceShare {
+    /// Open the image even while another process (a running VM) writes it, taking no lock that
+    /// keeps writers out (qemu-img's -U); what is read may be changing meanwhile.
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
 }
 
 impl Ctx {
@@ -107,12 +118,24 @@ impl Ctx {
             resolver: Arc::new(Hinting { inner, hint }),
             no_external: external == External::None,
             trust_unlinked_parent: false,
+            locking: Locking::Auto,
         }
     }
 
-    /// Options with the global flags applied (resolver, parent identity): read-only, probing.
+    /// This context with `-U` applied when `force_share` (read-only opens share everything; a
+    /// writable open is then refused, as qemu-img refuses it).
+    pub fn sharing(&self, force_share: bool) -> Ctx {
+        let mut ctx = self.clone();
+        if force_share {
+            ctx.locking = Locking::ForceShare;
+        }
+        ctx
+    }
+
+    /// Options with the global flags applied (resolver, parent identity, locking): read-only,
+    /// probing.
     pub fn base_options(&self) -> OpenOptions {
-        let mut options = OpenOptions::new().resolver(self.resolver.clone());
+        let mut options = OpenOptions::new().resolver(self.resolver.clone()).locking(self.locking);
         options.trust_unlinked_parent = self.trust_unlinked_parent;
         options
     }

@@ -1,6 +1,6 @@
 //! `vdisk compare`: are two images' guest-visible contents the same?
 
-use crate::common::{CmdResult, Ctx, parse_format_opt};
+use crate::common::{CmdResult, Ctx, ForceShare, parse_format_opt};
 use crate::output::emit;
 use crate::progress::Progress;
 use std::path::PathBuf;
@@ -34,10 +34,13 @@ pub struct CompareArgs {
     pub a: PathBuf,
     /// The second image.
     pub b: PathBuf,
+    #[command(flatten)]
+    pub share: ForceShare,
 }
 
 /// Run `vdisk compare`: exit 0 identical, 1 different, 2 error.
 pub fn run(ctx: &Ctx, args: &CompareArgs) -> CmdResult {
+    let ctx = &ctx.sharing(args.share.force_share);
     compare_images(ctx, args).map_err(|f| f.with_code(ERROR))
 }
 

@@ -1,7 +1,8 @@
 //! `vdisk create` and `vdisk convert`: making new images.
 
 use crate::common::{
-    CmdResult, Ctx, Failure, options_help, options_help_asked, parse_format, parse_format_opt, parse_options,
+    CmdResult, Ctx, Failure, ForceShare, options_help, options_help_asked, parse_format, parse_format_opt,
+    parse_options,
 };
 use crate::output::{emit, emit_data};
 use crate::progress::Progress;
@@ -152,6 +153,8 @@ pub struct ConvertArgs {
     pub src: PathBuf,
     /// The new standalone image.
     pub dst: PathBuf,
+    #[command(flatten)]
+    pub share: ForceShare,
 }
 
 const MIB: u64 = 1 << 20;
@@ -161,6 +164,7 @@ pub const CACHE_MODES: [&str; 5] = ["none", "writeback", "writethrough", "direct
 
 /// Run `vdisk convert`.
 pub fn run_convert(ctx: &Ctx, args: &ConvertArgs) -> CmdResult {
+    let ctx = &ctx.sharing(args.share.force_share);
     let src_format = parse_format_opt(args.format.as_deref())?;
     let dst_format = parse_format(&args.output_format)?;
     if options_help_asked(&args.options) {

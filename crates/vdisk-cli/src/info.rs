@@ -1,6 +1,6 @@
 //! `vdisk info`: describe an image (and with `--backing-chain`, every image below it).
 
-use crate::common::{CmdResult, Ctx, Failure, allocated_bytes, parse_format_opt};
+use crate::common::{CmdResult, Ctx, Failure, ForceShare, allocated_bytes, parse_format_opt};
 use crate::output::{OutputFormat, emit_data, human_info, info_map_to_json, pretty_json, size_to_str};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -21,6 +21,8 @@ pub struct InfoArgs {
     pub backing_chain: bool,
     /// The image.
     pub file: PathBuf,
+    #[command(flatten)]
+    pub share: ForceShare,
 }
 
 /// What `info` shows for one image of a chain.
@@ -139,6 +141,7 @@ fn actual_size(ctx: &Ctx, path: &Path, info: &LayerInfo) -> Option<u64> {
 
 /// Run `vdisk info`.
 pub fn run(ctx: &Ctx, args: &InfoArgs) -> CmdResult {
+    let ctx = &ctx.sharing(args.share.force_share);
     let format = parse_format_opt(args.format.as_deref())?;
     let image = ctx.open(&args.file, format, false, MissingParent::Placeholder)?;
     let layers: Vec<(&dyn vdisk::Layer, Option<&Path>)> = image.layers().collect();

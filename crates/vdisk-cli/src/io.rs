@@ -4,7 +4,7 @@
 //! `discard OFF LEN`, `flush`. Every command is parsed before the image is opened, and the image
 //! is opened for writing only when some command writes.
 
-use crate::common::{CmdResult, Ctx, Failure, parse_format_opt};
+use crate::common::{CmdResult, Ctx, Failure, ForceShare, parse_format_opt};
 use crate::output::{emit, io_size_str};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -31,6 +31,8 @@ pub struct IoArgs {
     pub read_only: bool,
     /// The image.
     pub file: PathBuf,
+    #[command(flatten)]
+    pub share: ForceShare,
 }
 
 /// What a write stores.
@@ -161,6 +163,7 @@ fn parse_cmd(text: &str) -> Result<IoCmd, String> {
 
 /// Run `vdisk io`: exit 1 when a command fails or a pattern does not match.
 pub fn run(ctx: &Ctx, args: &IoArgs) -> CmdResult {
+    let ctx = &ctx.sharing(args.share.force_share);
     let format = parse_format_opt(args.format.as_deref())?;
     let commands = args
         .commands

@@ -1,6 +1,6 @@
 //! `vdisk map`: the allocation map of a whole chain, as `qemu-img map` prints it.
 
-use crate::common::{CmdResult, Ctx, in_file, parse_format_opt};
+use crate::common::{CmdResult, Ctx, ForceShare, in_file, parse_format_opt};
 use crate::output::{OutputFormat, json_line};
 use serde_json::{Map, Value};
 use std::io::Write;
@@ -25,6 +25,8 @@ pub struct MapArgs {
     pub max_length: Option<u64>,
     /// The image.
     pub file: PathBuf,
+    #[command(flatten)]
+    pub share: ForceShare,
 }
 
 /// The map of `image`, one run at a time, with `qemu-img`'s conventions applied: in a raw layer
@@ -47,6 +49,7 @@ pub fn each_entry(
 
 /// Run `vdisk map`: the runs are printed as they are found.
 pub fn run(ctx: &Ctx, args: &MapArgs) -> CmdResult {
+    let ctx = &ctx.sharing(args.share.force_share);
     let format = parse_format_opt(args.format.as_deref())?;
     let image = ctx.open(&args.file, format, false, MissingParent::Fail)?;
     // The file each layer came from: the name as given for the top, the opened path below.

@@ -1,6 +1,6 @@
 //! `vdisk measure`: how many bytes a new image needs.
 
-use crate::common::{CmdResult, Ctx, in_file, parse_format, parse_format_opt, parse_options};
+use crate::common::{CmdResult, Ctx, ForceShare, in_file, parse_format, parse_format_opt, parse_options};
 use crate::output::{OutputFormat, emit_data, pretty_json};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -31,10 +31,13 @@ pub struct MeasureArgs {
     pub output: OutputFormat,
     /// Measure a copy of this image (with its whole chain).
     pub src: Option<PathBuf>,
+    #[command(flatten)]
+    pub share: ForceShare,
 }
 
 /// Run `vdisk measure`.
 pub fn run(ctx: &Ctx, args: &MeasureArgs) -> CmdResult {
+    let ctx = &ctx.sharing(args.share.force_share);
     let target = parse_format(&args.output_format)?;
     let options = parse_options(&args.options)?;
     if let Some(fit) = &args.fit {

@@ -545,12 +545,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vdisk::Format;
+    use vdisk::{Format, Locking};
 
     const SIZE: u64 = 16 << 20;
 
+    /// Open writable, or read-only beside the writer the test keeps open (sharing, as
+    /// `qemu-img -U` does: a second open in one process is locked out like another process).
     fn open(path: &Path, writable: bool) -> Image {
-        vdisk::open(path, &OpenOptions::new().writable(writable)).unwrap()
+        let locking = if writable { Locking::Auto } else { Locking::ForceShare };
+        vdisk::open(path, &OpenOptions::new().writable(writable).locking(locking)).unwrap()
     }
 
     /// Concurrent scattered writes and reads, FUA, unmap and range errors on one format.

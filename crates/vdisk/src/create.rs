@@ -2,7 +2,11 @@
 
 use crate::{Format, Image, OpenOptions, driver, open};
 use disk_core::files::{Overwrite, SiblingFiles, temp_beside};
-use disk_core::{BackingSpec, CreateSpec, DenyExternal, Error, Options, Resolver, Result, recorded_to_path};
+use disk_core::lock::LockRequest;
+use disk_core::{
+    BackingSpec, CreateSpec, DenyExternal, Error, FileStorage, Locking, Options, Resolver, Result, Storage,
+    recorded_to_path,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,6 +27,10 @@ pub struct CreateOptions {
     /// backing file itself is the caller's choice and always opened). Default: refuse them all
     /// ([`DenyExternal`]), as [`OpenOptions`] does; pass a [`disk_core::FsResolver`] to allow them.
     pub resolver: Arc<dyn Resolver>,
+    /// How files are locked (see [`OpenOptions::locking`]): the backing image is opened
+    /// read-only with it, the new image is locked for writing while it is written, and an image
+    /// already at the path is only replaced if nobody uses it (as `qemu-img create` checks).
+    pub locking: Locking,
 }
 
 impl CreateOptions {
@@ -35,6 +43,7 @@ impl CreateOptions {
             backing: None,
             backing_format: None,
             resolver: Arc::new(DenyExternal),
+            locking: Locking::Auto,
         }
     }
 
@@ -60,7 +69,8 @@ pub fn create(path: impl AsRef<Path>, options: &CreateOptions) -> Result<()> {
                 .ok_or_else(|| Error::invalid_argument(format!("backing file '{recorded}' is not a usable path")))?;
             let open_opts = OpenOptions::new()
                 .format(options.backing_format)
-                .resolver(options.resolver.clone());
+                .resolver(options.resolver.clone())
+                .locking(options.locking);
             let image = open(&parent_path, &open_opts)?;
             Some((
                 recorded.clone(),
@@ -87,9 +97,12 @@ pub fn create(path: impl AsRef<Path>, options: &CreateOptions) -> Result<()> {
     // A stale temporary file or an old extent at one of the names is replaced, never written
     // through (see `Overwrite::Replace`).
     let files = SiblingFiles::beside(path, Overwrite::Replace);
+    // An image at the path stays locked (as being rewritten) until the new one replaces it.
+    let _replaced = lock_replaced(path, options.locking)?;
     let result = (|| {
         let storage = disk_core::files::create(&temp, Overwrite::Replace)
             .map_err(|e| Error::io(e, "creating image").with_file(&temp))?;
+        options.locking.apply(&storage, true)?;
         let spec = CreateSpec {
             size,
             options: options.options.clone(),
@@ -105,4 +118,20 @@ pub fn create(path: impl AsRef<Path>, options: &CreateOptions) -> Result<()> {
         files.remove_created();
     }
     result.map_err(|e| e.with_file(path))
+}
+
+/// Open the file at `path`, if there is one, and lock it as a file being replaced by a new
+/// image (QEMU's `raw_co_create` takes write and resize and refuses to share resize), so that
+/// creating over an image some process uses fails. `None` when there is no such file or locking
+/// is off.
+fn lock_replaced(path: &Path, locking: Locking) -> Result<Option<FileStorage>> {
+    if locking == Locking::Off {
+        return Ok(None);
+    }
+    // Only an existing regular file or block device is opened; a missing file needs no lock.
+    let Ok(existing) = FileStorage::open(path, false) else {
+        return Ok(None);
+    };
+    existing.lock(LockRequest::CREATE)?;
+    Ok(Some(existing))
 }

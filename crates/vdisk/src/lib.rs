@@ -14,6 +14,8 @@
 //! let disk = vdisk::open(&path, &OpenOptions::new().writable(true))?;
 //! bytes::write_bytes(&disk, 4096, b"hello")?;
 //! disk.flush()?;
+//! // The image stays locked for writing while the handle is open (see below).
+//! drop(disk);
 //!
 //! let disk = vdisk::open(&path, &OpenOptions::new())?;
 //! let mut buf = [0u8; 5];
@@ -22,6 +24,12 @@
 //! assert_eq!(disk.info().format, Format::Raw);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Opening locks the image's files as QEMU does ([`OpenOptions::locking`], [`disk_core::lock`]):
+//! a writable open keeps every other writer and reader out (QEMU's too) and fails with
+//! [`ErrorKind::Locked`] while another open uses the image; read-only opens coexist. The locks
+//! belong to the open handle, so two handles in one process exclude each other just as two
+//! processes do; [`Locking::ForceShare`] reads beside a writer, as `qemu-img -U`.
 //!
 //! Images that name other files (parents, VMDK extents) open them only through the resolver in
 //! [`OpenOptions::resolver`] (and [`CreateOptions::resolver`] for a new child's backing chain);
@@ -33,7 +41,7 @@
 //! # What is exported
 //! - At the top level: the operations above, [`probe`] and the engines ([`driver`],
 //!   [`drivers`]), and the core types an embedder handles: [`Disk`], [`Image`], [`Layer`],
-//!   [`Storage`], [`OpenOptions`], the resolvers, [`Error`] and [`ErrorKind`]. [`MemStorage`]
+//!   [`Storage`], [`OpenOptions`] and [`Locking`], the resolvers, [`Error`] and [`ErrorKind`]. [`MemStorage`]
 //!   (an in-memory storage: hold an image in memory, open it with [`open_storage`]) is here too.
 //! - [`disk_core`] whole: the storage, layer and driver traits, the mapping API for embedders
 //!   doing their own data I/O ([`disk_core::mapping`]), [`disk_core::FileStorage`], and
@@ -68,8 +76,8 @@ pub use registry::{driver, drivers, probe};
 
 pub use disk_core::{
     self, Allocation, BlockStatus, CheckReport, DenyExternal, DeviceStatus, DiscardBehavior, Disk, Error, ErrorKind,
-    Findings, Format, FsPolicy, FsResolver, Image, InfoValue, Layer, LayerInfo, MemStorage, MissingParent, OpenOptions,
-    Options, Repair, Resolver, Result, Storage, bytes, ops, parse_size,
+    Findings, Format, FsPolicy, FsResolver, Image, InfoValue, Layer, LayerInfo, Locking, MemStorage, MissingParent,
+    OpenOptions, Options, Repair, Resolver, Result, Storage, bytes, ops, parse_size,
 };
 pub use disk_resize;
 pub use vhd1;
@@ -80,17 +88,27 @@ use disk_core::{FileStorage, ResultExt};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Open the image at `path` with its parents (as far as `options.resolver` allows).
+/// Open the image at `path` with its parents (as far as `options.resolver` allows), its files
+/// locked as [`OpenOptions::locking`] says.
 pub fn open(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Image> {
     let path = path.as_ref();
-    let storage =
-        FileStorage::open(path, options.writable).map_err(|e| Error::io(e, "cannot open image").with_file(path))?;
+    let storage = open_file(path, options.writable, options.locking)?;
     open_storage(Arc::new(storage), Some(path), options).with_file(path)
 }
 
+/// Open the file at `path` (read-write when `writable`) and lock it as `locking` says.
+pub(crate) fn open_file(path: &Path, writable: bool, locking: Locking) -> Result<FileStorage> {
+    let storage = FileStorage::open(path, writable).map_err(|e| Error::io(e, "cannot open image").with_file(path))?;
+    locking.apply(&storage, writable).with_file(path)?;
+    Ok(storage)
+}
+
 /// Open an image held in any [`Storage`] (e.g. in memory). `name` is its path, for probing
-/// tie-breaks and for resolving the relative names it records.
+/// tie-breaks and for resolving the relative names it records. The storage is locked as
+/// [`OpenOptions::locking`] says before anything is read (a file storage only: memory needs no
+/// lock), and so are the parents and extents opened.
 pub fn open_storage(storage: Arc<dyn Storage>, name: Option<&Path>, options: &OpenOptions) -> Result<Image> {
+    options.locking.apply(&*storage, options.writable)?;
     let format = match options.format {
         Some(f) => f,
         None => probe(&*storage, name).map_err(|e| Error::io(e, "probing the image format"))?,

@@ -4,7 +4,7 @@
 use crate::{ConvertOptions, Disk, Format, Image, OpenOptions, convert, driver, open};
 use disk_core::files::{Overwrite, SiblingFiles, parent_dir, temp_beside};
 use disk_core::ops::{Moved, commit_data, rebase_data};
-use disk_core::{Error, ErrorKind, FileStorage, NewParent, Options, Result, ResultExt, recorded_to_path};
+use disk_core::{Error, ErrorKind, FileStorage, Locking, NewParent, Options, Result, ResultExt, recorded_to_path};
 use disk_resize::{ResizeOptions, Resized, SizeChange};
 use std::path::Path;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ pub fn resize(
     open: &OpenOptions,
 ) -> Result<Resized> {
     let path = path.as_ref();
-    let storage = FileStorage::open(path, true).map_err(|e| Error::io(e, "cannot open image").with_file(path))?;
+    let storage = crate::open_file(path, true, open.locking)?;
     let format = match options.format {
         Some(f) => f,
         None => crate::probe(&storage, Some(path))
@@ -47,12 +47,13 @@ pub fn resize(
     };
     let engine = driver(format).with_file(path)?;
     let (resized, before) = if format == Format::Vmdk && own_descriptor(&storage) {
+        // The descriptor stays open (and locked) while its copy is changed and renamed over it.
+        let done = through_copy(path, |temp| {
+            let copy = crate::open_file(temp, true, open.locking)?;
+            resize_opened(Arc::new(copy), temp, engine, change, &options, open)
+        })?;
         drop(storage);
-        through_copy(path, |temp| {
-            let storage =
-                FileStorage::open(temp, true).map_err(|e| Error::io(e, "cannot open image").with_file(temp))?;
-            resize_opened(Arc::new(storage), temp, engine, change, &options, open)
-        })?
+        done
     } else {
         resize_opened(Arc::new(storage), path, engine, change, &options, open)?
     };
@@ -212,7 +213,7 @@ fn extent_names(info: &crate::LayerInfo) -> Vec<String> {
 
 /// Open only the image at `path` (no parents), writable or not.
 fn open_single(path: &Path, format: Option<Format>, writable: bool, options: &OpenOptions) -> Result<Image> {
-    let storage = FileStorage::open(path, writable).map_err(|e| Error::io(e, "cannot open image").with_file(path))?;
+    let storage = crate::open_file(path, writable, options.locking)?;
     let format = match format {
         Some(f) => f,
         None => crate::probe(&storage, Some(path))
@@ -373,10 +374,18 @@ fn commit_data_into_parent(path: &Path, options: &OpenOptions, progress: &mut dy
         }
     }
     let moved = {
-        let child = open(path, &with_format(options, options.format, false))?;
+        // The child's file is locked for reading on its own; the chain read through it shares
+        // every permission, so that its view of the parent coexists with the writer below.
+        let _child_lock = crate::open_file(path, false, options.locking)?;
+        let mut reading = with_format(options, options.format, false);
+        if reading.locking == Locking::Auto {
+            reading.locking = Locking::ForceShare;
+        }
+        let child = open(path, &reading)?;
         // The parent is opened for writing through the resolver again (its policy checks the
         // opened file itself), never by the path found earlier, which could have been swapped.
-        let opened = Image::resolve_parent(&*options.resolver, Some(path), &parent_ref, true).with_file(path)?;
+        let opened = Image::resolve_parent(&*options.resolver, Some(path), &parent_ref, true, options.locking)
+            .with_file(path)?;
         if opened.path != parent_path {
             return Err(Error::new(
                 ErrorKind::ParentMismatch,

@@ -37,8 +37,9 @@ fn vectored_fua_zeroes_and_declarations() {
             .unwrap();
         assert_eq!([x, y].concat(), data, "{format}");
         assert!(disk.is_fua_respected());
-        // A FUA write is durable: a second handle sees it without a flush of the first.
-        let other = vdisk::open(&path, &OpenOptions::new()).unwrap();
+        // A FUA write is durable: a second handle sees it without a flush of the first (that
+        // handle shares the image with the writer, as `qemu-img -U` would).
+        let other = vdisk::open(&path, &OpenOptions::new().locking(vdisk::Locking::ForceShare)).unwrap();
         let mut back = vec![0u8; 2048];
         other.read(2047, &mut back).unwrap();
         assert_eq!(back, data, "{format}: FUA write visible to a fresh open");

@@ -149,6 +149,7 @@ fn mappings_refuse_bad_ranges_and_read_only_images() {
         vdisk::ErrorKind::InvalidArgument
     );
     assert_eq!(image.map_write(0, 1).unwrap_err().kind(), vdisk::ErrorKind::ReadOnly);
+    drop(image);
     let writable = vdisk::open(&path, &opts(true)).unwrap();
     assert_eq!(
         writable.map_write(sectors, 1).unwrap_err().kind(),

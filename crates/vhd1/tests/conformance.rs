@@ -91,6 +91,7 @@ impl ImageFactory for Differencing {
             resolver: &disk_core::DenyExternal,
             lenient: false,
             repair: false,
+            locking: disk_core::Locking::Auto,
         };
         let parent = Image::single(VhdDriver.open(self.parent.clone(), &ctx)?, None);
         VhdDriver.create(

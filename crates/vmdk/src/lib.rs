@@ -37,7 +37,7 @@
 //! let storage = Arc::new(MemStorage::new());
 //! let spec = CreateSpec { size: 1 << 20, options: Options::parse("zeroed_grain=on")?, backing: None, path: None, files: &NoExtraFiles };
 //! VmdkDriver.create(&*storage, spec)?;
-//! let ctx = OpenContext { path: None, writable: true, resolver: &DenyExternal, lenient: false, repair: false };
+//! let ctx = OpenContext { path: None, writable: true, resolver: &DenyExternal, lenient: false, repair: false, locking: disk_core::Locking::Auto };
 //! let disk = Image::single(VmdkDriver.open(storage, &ctx)?, None);
 //! disk.write(8, &[0x5a; 512])?;
 //! let mut back = [0u8; 512];

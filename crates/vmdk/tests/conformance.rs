@@ -119,6 +119,7 @@ impl ImageFactory for MultiFile {
             resolver: &*self.files,
             lenient: false,
             repair: false,
+            locking: disk_core::Locking::Auto,
         };
         Ok(Image::single(VmdkDriver.open(storage, &ctx)?, None))
     }

@@ -37,7 +37,9 @@ fn flat_offsets_zero_and_vmfs_extents() {
     assert!(buf[4608..].iter().all(|&b| b == 0), "past the end of a short flat file");
     let st = disk.block_status(4, 7).unwrap();
     assert_eq!((st.sectors, st.allocation), (3, disk_core::Allocation::Zero));
-    // Writing into the RDONLY extent is refused; the RW extent takes writes in place.
+    // Writing into the RDONLY extent is refused; the RW extent takes writes in place. (The
+    // reader goes first: its locks on the extents would keep a writer out.)
+    drop(disk);
     let rw = open(&path, true).unwrap();
     assert_eq!(rw.write(5, &[1u8; 512]).unwrap_err().kind(), ErrorKind::ReadOnly);
     rw.write(7, &[7u8; 512]).unwrap();
@@ -106,8 +108,10 @@ fn cowd_extent_reads_read_only() {
     disk.read(0, &mut buf).unwrap();
     assert!(buf[..4096].iter().all(|&b| b == 0));
     assert!(buf[4096..].iter().all(|&b| b == 0x3c));
+    drop(disk);
     let rw = open(&path, true).unwrap();
     assert_eq!(rw.write(0, &[0u8; 512]).unwrap_err().kind(), ErrorKind::Unsupported);
+    drop(rw);
     // A bare COWD file opens too.
     let bare = open(&dir.path().join("x-delta.vmdk"), false).unwrap();
     assert_eq!(bare.virtual_size(), 16 * 512);

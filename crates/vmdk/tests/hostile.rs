@@ -41,6 +41,7 @@ fn ctx(resolver: &dyn disk_core::Resolver, writable: bool, repair: bool) -> Open
         resolver,
         lenient: false,
         repair,
+        locking: disk_core::Locking::Auto,
     }
 }
 

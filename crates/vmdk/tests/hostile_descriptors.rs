@@ -6,8 +6,8 @@ mod common;
 
 use common::{create, open};
 use disk_core::{
-    Allocation, BackingSpec, CreateSpec, Disk, Driver, ErrorKind, Image, MemResolver, MemStorage, NoExtraFiles,
-    OpenContext, OpenOptions, Options,
+    Allocation, BackingSpec, CreateSpec, Disk, Driver, ErrorKind, FsPolicy, FsResolver, Image, MemResolver, MemStorage,
+    NoExtraFiles, OpenContext, OpenOptions, Options,
 };
 use std::sync::Arc;
 use vmdk::VmdkDriver;
@@ -93,6 +93,7 @@ fn discard_on_a_large_child_needs_no_large_buffer() {
             resolver,
             lenient: false,
             repair: false,
+            locking: disk_core::Locking::Auto,
         }
     }
     let shared = Arc::new(MemResolver::new());
@@ -136,7 +137,17 @@ fn an_extent_may_not_be_the_descriptor_itself() {
     let path = dir.path().join("d.vmdk");
     let text = descriptor("monolithicFlat", "RW 16 FLAT \"d.vmdk\" 0");
     std::fs::write(&path, &text).unwrap();
+    // With locking, the extent's open already finds the descriptor locked; without, the engine
+    // itself refuses the extent.
     let Err(e) = open(&path, true) else {
+        panic!("an extent naming its own descriptor was accepted");
+    };
+    assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
+    let unlocked = OpenOptions::new()
+        .writable(true)
+        .resolver(Arc::new(FsResolver::new(FsPolicy::SameDirectory)))
+        .locking(disk_core::Locking::Off);
+    let Err(e) = common::open_with(&path, &unlocked) else {
         panic!("an extent naming its own descriptor was accepted");
     };
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");

@@ -25,6 +25,7 @@ fn exercise(bytes: &[u8], resolver: &MemResolver) {
         resolver,
         lenient: false,
         repair: false,
+        locking: disk_core::Locking::Auto,
     };
     let Ok(layer) = VmdkDriver.open(storage, &ctx) else {
         return;

@@ -99,6 +99,7 @@ fn qemu_stream_optimized_reads_identically() {
     assert_same_as_raw(&disk, &raw);
     // Random writes into an existing stream image are refused clearly.
     let before = std::fs::read(&img).unwrap();
+    drop(disk);
     let disk = open(&img, true).unwrap();
     let e = disk.write(0, &[1u8; 512]).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");

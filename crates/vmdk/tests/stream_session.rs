@@ -14,6 +14,7 @@ fn open(storage: &Arc<MemStorage>, writable: bool) -> disk_core::Result<Image> {
         resolver: &DenyExternal,
         lenient: false,
         repair: false,
+        locking: disk_core::Locking::Auto,
     };
     Ok(Image::single(VmdkDriver.open(storage.clone(), &ctx)?, None))
 }

@@ -166,6 +166,7 @@ impl ImageFactory for DriverFactory {
             resolver: &DenyExternal,
             lenient: false,
             repair: false,
+            locking: crate::Locking::Auto,
         };
         Ok(Image::single(self.driver.open(storage, &ctx)?, None))
     }

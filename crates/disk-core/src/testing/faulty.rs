@@ -249,6 +249,10 @@ impl<S: Storage> Storage for FaultyStorage<S> {
     fn allocation(&self, offset: u64, len: u64) -> io::Result<(bool, u64)> {
         self.inner.allocation(offset, len)
     }
+
+    fn lock(&self, request: crate::lock::LockRequest) -> crate::Result<()> {
+        self.inner.lock(request)
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub fn open(path: &Path, writable: bool) -> Result<Image> {
 pub fn open_with(path: &Path, options: &OpenOptions) -> Result<Image> {
     let storage = disk_core::FileStorage::open(path, options.writable)
         .map_err(|e| disk_core::Error::io(e, "open").with_file(path))?;
+    options.locking.apply(&storage, options.writable)?;
     let canonical = path.canonicalize().unwrap();
     let ctx = options.context(Some(&canonical), options.writable);
     let top = VmdkDriver.open(Arc::new(storage), &ctx)?;
