@@ -104,8 +104,10 @@ pub fn file_size(size: u64, options: &VhdCreateOptions, allocated_blocks: u64) -
     let block_size = u64::from(options.block_size);
     let blocks = size.div_ceil(block_size);
     let bat = (blocks * 4).div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
-    let footprint = crate::format::bitmap_size(options.block_size) + block_size;
-    Ok(FOOTER_SIZE + HEADER_SIZE + bat + allocated_blocks.min(blocks) * footprint + FOOTER_SIZE)
+    let bitmap = crate::format::bitmap_size(options.block_size);
+    let metadata = FOOTER_SIZE + HEADER_SIZE + bat;
+    let end = crate::header::blocks_end(metadata, allocated_blocks.min(blocks), options.block_size, bitmap);
+    Ok(end + FOOTER_SIZE)
 }
 
 /// The size and geometry to record for a requested size.
@@ -290,7 +292,11 @@ mod tests {
     fn measured_sizes() {
         let dynamic = VhdCreateOptions::parse(disk_core::Options::new()).unwrap();
         assert_eq!(file_size(8 << 20, &dynamic, 0).unwrap(), 512 + 1024 + 512 + 512);
-        assert_eq!(file_size(8 << 20, &dynamic, 99).unwrap(), 2560 + 4 * ((2 << 20) + 512));
+        // Blocks' data on 4 KiB boundaries: the first bitmap at 3584, then one every 2 MiB + 4 KiB.
+        assert_eq!(
+            file_size(8 << 20, &dynamic, 99).unwrap(),
+            3584 + 3 * ((2 << 20) + 4096) + 512 + (2 << 20) + 512
+        );
         let fixed = VhdCreateOptions::parse(disk_core::Options::parse("subformat=fixed").unwrap()).unwrap();
         assert_eq!(file_size(1000, &fixed, 0).unwrap(), 1024 + 512);
         let azure = VhdCreateOptions::parse(disk_core::Options::parse("azure=on").unwrap()).unwrap();

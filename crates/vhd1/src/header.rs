@@ -30,6 +30,39 @@ pub struct Sparse {
     pub blocks: u32,
 }
 
+/// Where new blocks' data starts: on a multiple of this many bytes of the file (when the block
+/// size is a multiple of it), so that a guest's 4 KiB read touches one host page, not two.
+pub(crate) const DATA_ALIGNMENT: u64 = 4096;
+
+/// Where a new block of `block_size` bytes (after a `bitmap`-byte sector bitmap) goes when the
+/// file's free space starts at `free`: its bitmap just before a [`DATA_ALIGNMENT`] boundary,
+/// so its data starts on one (at most 3.5 KiB of padding, zeros).
+pub(crate) fn aligned_block_start(free: u64, block_size: u32, bitmap: u64) -> u64 {
+    if !u64::from(block_size).is_multiple_of(DATA_ALIGNMENT) {
+        return free;
+    }
+    free.saturating_add(bitmap)
+        .next_multiple_of(DATA_ALIGNMENT)
+        .saturating_sub(bitmap)
+        .max(free)
+}
+
+/// Where `n` new blocks placed one after another from `free` (as [`aligned_block_start`]
+/// places them) end.
+pub(crate) fn blocks_end(free: u64, n: u64, block_size: u32, bitmap: u64) -> u64 {
+    if n == 0 {
+        return free;
+    }
+    let block = u64::from(block_size);
+    let first = aligned_block_start(free, block_size, bitmap);
+    let stride = aligned_block_start(first.saturating_add(bitmap).saturating_add(block), block_size, bitmap)
+        .saturating_sub(first);
+    first
+        .saturating_add(stride.saturating_mul(n.saturating_sub(1)))
+        .saturating_add(bitmap)
+        .saturating_add(block)
+}
+
 impl Sparse {
     /// Sectors per block.
     pub fn block_sectors(&self) -> u64 {

@@ -9,6 +9,7 @@
 //! footer back to the end of the last reserved block.
 
 use crate::format::{BAT_FREE, DiskType, FOOTER_SIZE, SECTOR_SIZE, bitmap_get, bitmap_set};
+use crate::header::aligned_block_start;
 use crate::layer::{AllocState, MAX_PENDING, SparseState, VhdLayer};
 use disk_core::mapping::{Completion, WriteRun};
 use disk_core::sync::{lock, read_lock, write_lock};
@@ -129,13 +130,16 @@ impl VhdLayer {
     fn reserve_block(&self, sp: &SparseState) -> Result<u64> {
         let mut state = lock(&sp.alloc);
         let footprint = sp.layout.block_footprint();
-        let start = state.free;
+        // Data on a 4 KiB boundary; the padding is zeros `check` takes for what it is.
+        let start = aligned_block_start(state.free, sp.layout.block_size, sp.layout.bitmap_size);
         u32::try_from(start / SECTOR_SIZE)
             .ok()
             .filter(|&e| e != BAT_FREE)
             .ok_or_else(|| Error::unsupported("the image file has grown past what a BAT entry can address"))?;
         let end = start + footprint;
         if end > state.chunk_end {
+            let old_footer = state.chunk_end;
+            state.free = start;
             // Reserving ahead is an optimisation: where the storage refuses the larger file
             // (a quota, a size limit), reserve this block alone.
             if self
@@ -143,6 +147,14 @@ impl VhdLayer {
                 .is_err()
             {
                 self.grow_chunk(sp, &mut state, end)?;
+            }
+            // The footer was where the chunk ended: in the padding or in this block's data
+            // unless the block's bitmap starts there (and covers it). The new footer is
+            // written, so the old one goes.
+            if old_footer != start {
+                self.storage
+                    .punch_hole(old_footer, FOOTER_SIZE)
+                    .io_context("clearing the old footer", old_footer)?;
             }
         }
         state.free = end;
