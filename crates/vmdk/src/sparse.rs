@@ -8,6 +8,7 @@ use disk_core::mapping::{Claims, Completion, Fill, WriteRun, WriteTarget};
 use disk_core::sync::{lock, read_lock, write_lock};
 use disk_core::{Disk, Error, IoResultExt, Result, SpaceKind, SpaceMap, Storage};
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use zerocopy::{FromZeros, IntoBytes};
@@ -88,6 +89,25 @@ struct Alloc {
     space: SpaceMap,
 }
 
+/// Hashes a grain directory index for the table cache: one multiplication (Fibonacci hashing),
+/// not SipHash, since the keys are small integers the image chose and the cache is bounded.
+#[derive(Debug, Default, Clone, Copy)]
+struct IndexHasher(u64);
+
+impl Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// A table-based extent.
 #[derive(Debug)]
 pub(crate) struct SparseExtent {
@@ -101,7 +121,7 @@ pub(crate) struct SparseExtent {
     gd_offset: u64,
     rgd: RwLock<Option<(Vec<u64>, u64)>>,
     file_len: AtomicU64,
-    cache: RwLock<HashMap<u64, Arc<Vec<u64>>>>,
+    cache: RwLock<HashMap<u64, Arc<Vec<u64>>, BuildHasherDefault<IndexHasher>>>,
     cache_max: usize,
     last_grain: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     alloc: Mutex<Alloc>,
@@ -114,6 +134,9 @@ pub(crate) struct SparseExtent {
     /// than the tables, so lookups look here first. Written at the next flush, after the data
     /// is durable.
     pending: RwLock<BTreeMap<u64, u64>>,
+    /// Whether `pending` holds anything (kept under its write lock; saves the lock on every
+    /// lookup while nothing waits).
+    any_pending: AtomicBool,
     /// Entries found unusable when the file was mapped (reads of them fail, writes never go
     /// through them).
     bad: RwLock<BadEntries>,
@@ -160,12 +183,13 @@ impl SparseExtent {
             gd_offset: layout.gd_offset,
             rgd: RwLock::new(layout.rgd),
             file_len: AtomicU64::new(file_len),
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(HashMap::default()),
             cache_max,
             last_grain: Mutex::new(None),
             claims: Claims::new(),
             table_writes: AtomicU64::new(0),
             pending: RwLock::new(BTreeMap::new()),
+            any_pending: AtomicBool::new(false),
             alloc: Mutex::new(Alloc {
                 space: SpaceMap::new(file_len),
             }),
@@ -331,7 +355,9 @@ impl SparseExtent {
     #[allow(clippy::arithmetic_side_effects)]
     pub(crate) fn lookup_span(&self, g: u64) -> Result<(GrainLoc, u64)> {
         let table_end = g - g % self.gtes + self.gtes;
-        let next_pending = {
+        let next_pending = if !self.any_pending.load(Ordering::Acquire) {
+            None
+        } else {
             let pending = read_lock(&self.pending);
             match pending.range(g..table_end).next() {
                 Some((&k, &v)) if k == g => return Ok((GrainLoc::Data(v * SECTOR), 1)),
@@ -339,8 +365,17 @@ impl SparseExtent {
                 None => None,
             }
         };
-        let Some(table) = self.table(g / self.gtes)? else {
-            return Ok((GrainLoc::Unallocated, next_pending.unwrap_or(table_end) - g));
+        let within = usize::try_from(g % self.gtes).unwrap_or(usize::MAX);
+        // A cached table answers under the read lock, without touching its reference count.
+        let cached = read_lock(&self.cache)
+            .get(&(g / self.gtes))
+            .map(|t| t.get(within).copied());
+        let e = match cached {
+            Some(e) => e,
+            None => match self.table(g / self.gtes)? {
+                Some(table) => table.get(within).copied(),
+                None => return Ok((GrainLoc::Unallocated, next_pending.unwrap_or(table_end) - g)),
+            },
         };
         if self.any_bad.load(Ordering::Acquire) && self.bad_entries().grain(g, self.gtes) {
             return Err(corrupt(
@@ -351,11 +386,7 @@ impl SparseExtent {
                 0,
             ));
         }
-        let e = table
-            .get(usize::try_from(g % self.gtes).unwrap_or(usize::MAX))
-            .copied()
-            .unwrap_or(0);
-        let loc = self.decode(g, e)?;
+        let loc = self.decode(g, e.unwrap_or(0))?;
         if let Some(structures) = self.structures.get() {
             let on = match loc {
                 GrainLoc::Data(o) => Some((o, self.grain_bytes())),
@@ -623,6 +654,7 @@ impl SparseExtent {
                 self.file_len.fetch_max(off + self.grain_bytes(), Ordering::AcqRel);
                 let mut pending = write_lock(&self.pending);
                 pending.insert(g, value);
+                self.any_pending.store(true, Ordering::Release);
                 let too_many = pending.len() > MAX_PENDING;
                 drop(pending);
                 if too_many {
@@ -658,6 +690,7 @@ impl SparseExtent {
                 pending.remove(&g);
             }
         }
+        self.any_pending.store(!pending.is_empty(), Ordering::Release);
         Ok(())
     }
 
@@ -944,7 +977,10 @@ impl SparseExtent {
                 continue;
             }
             self.set_entry(&mut alloc, i, if zero { u64::from(format::GTE_ZEROED) } else { 0 })?;
-            write_lock(&self.pending).remove(&i);
+            let mut pending = write_lock(&self.pending);
+            pending.remove(&i);
+            self.any_pending.store(!pending.is_empty(), Ordering::Release);
+            drop(pending);
             i = i.saturating_add(1);
         }
         Ok(())
