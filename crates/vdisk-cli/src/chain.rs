@@ -21,6 +21,10 @@ pub struct CommitArgs {
     /// Keep the child as it is afterwards: qemu-img's "skip emptying" (vdisk's default).
     #[arg(short = 'd', conflicts_with_all = ["empty", "remove"])]
     pub keep: bool,
+    /// Commit into this image of FILE's backing chain instead of the parent (the images in
+    /// between no longer read as before; FILE is kept, as `-d`).
+    #[arg(short = 'b', value_name = "BASE", conflicts_with_all = ["empty", "remove"])]
+    pub base: Option<PathBuf>,
     /// Show progress (a bar on a terminal, qemu-img's `(xx.xx/100%)` lines otherwise).
     #[arg(short = 'p')]
     pub progress: bool,
@@ -100,9 +104,13 @@ pub fn run_commit(ctx: &Ctx, args: &CommitArgs) -> CmdResult {
         AfterCommit::Keep
     };
     let mut progress = Progress::new(args.progress);
-    let result = vdisk::commit_with_progress(&args.file, &open_options(ctx, format), after, &mut |done, total| {
-        progress.update(done, total)
-    });
+    let result = vdisk::commit_into(
+        &args.file,
+        args.base.as_deref(),
+        &open_options(ctx, format),
+        after,
+        &mut |done, total| progress.update(done, total),
+    );
     progress.finish(result.is_ok());
     result?;
     emit("Image committed.\n");

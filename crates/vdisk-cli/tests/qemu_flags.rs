@@ -357,3 +357,35 @@ fn convert_over_a_backing_file() {
         }
     }
 }
+
+/// `commit -b BASE` puts the data of every layer above BASE into it; the top image keeps
+/// reading the same, and so does BASE from then on.
+#[test]
+fn commit_into_a_deeper_base() {
+    let (_d, dir) = temp();
+    for fmt in ["vmdk", "vhdx", "vpc"] {
+        let names: Vec<_> = (0..3).map(|i| dir.join(format!("c{i}.{fmt}"))).collect();
+        ok(&vdisk(["create", "-f", fmt, s(&names[0]), "16M"]));
+        ok(&vdisk(["io", "-c", "write -P 1 0 16M", s(&names[0])]));
+        // Each layer is written before its child is made (writing a parent changes it under
+        // its child).
+        let writes = [&["write -P 2 1M 1M"][..], &["write -P 3 2M 1M", "write -z 4M 64k"]];
+        for i in 1..3 {
+            let parent = names[i - 1].file_name().unwrap().to_str().unwrap();
+            ok(&vdisk(["create", "-f", fmt, "-b", parent, s(&names[i])]));
+            for w in writes[i - 1] {
+                ok(&vdisk(["io", "-c", w, s(&names[i])]));
+            }
+        }
+        let want = dir.join(format!("want-{fmt}.raw"));
+        ok(&vdisk(["convert", "-O", "raw", s(&names[2]), s(&want)]));
+        let out = ok(&vdisk(["commit", "-b", s(&names[0]), s(&names[2])]));
+        assert!(out.ends_with("Image committed.\n"), "{out}");
+        for image in [&names[2], &names[0]] {
+            let out = ok(&vdisk(["compare", s(&want), s(image)]));
+            assert!(out.contains("identical"), "{fmt}: {}: {out}", image.display());
+        }
+        let e = clean_error(&vdisk(["commit", "-b", s(&names[2]), s(&names[2])]), 1);
+        assert!(e.contains("not in the backing chain"), "{e}");
+    }
+}

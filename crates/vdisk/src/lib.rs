@@ -70,7 +70,7 @@ mod registry;
 pub use convert::{ConvertOptions, convert};
 pub use create::{CreateOptions, create};
 pub use modify::{
-    AfterCommit, commit, commit_then, commit_with_progress, flatten, rebase, rebase_with_progress, resize,
+    AfterCommit, commit, commit_into, commit_then, commit_with_progress, flatten, rebase, rebase_with_progress, resize,
 };
 pub use registry::{driver, drivers, probe};
 

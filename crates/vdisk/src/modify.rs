@@ -3,7 +3,7 @@
 
 use crate::{ConvertOptions, Disk, Format, Image, OpenOptions, convert, driver, open};
 use disk_core::files::{Overwrite, SiblingFiles, parent_dir, temp_beside};
-use disk_core::ops::{Moved, commit_data, rebase_data};
+use disk_core::ops::{Moved, commit_data_above, rebase_data};
 use disk_core::{Error, ErrorKind, FileStorage, Locking, NewParent, Options, Result, ResultExt, recorded_to_path};
 use disk_resize::{ResizeOptions, Resized, SizeChange};
 use std::path::Path;
@@ -301,8 +301,22 @@ pub fn commit_with_progress(
     after: AfterCommit,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Moved> {
+    commit_into(path, None, options, after, progress)
+}
+
+/// [`commit_with_progress`] into `base`, an image of the child's backing chain (qemu-img
+/// commit's `-b`; `None`: the parent). With a base below the parent, the data of every layer
+/// above it goes into it; the layers in between are left as they are, and no longer read as
+/// they did (as with qemu-img), while the child does.
+pub fn commit_into(
+    path: impl AsRef<Path>,
+    base: Option<&Path>,
+    options: &OpenOptions,
+    after: AfterCommit,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Moved> {
     let path = path.as_ref();
-    let moved = commit_data_into_parent(path, options, progress)?;
+    let moved = commit_data_into_parent(path, base, options, progress)?;
     match after {
         AfterCommit::Keep => {}
         AfterCommit::Remove => {
@@ -341,21 +355,69 @@ fn empty_child(path: &Path, options: &OpenOptions) -> Result<()> {
     crate::create(path, &create)
 }
 
-fn commit_data_into_parent(path: &Path, options: &OpenOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<Moved> {
-    let (parent_path, parent_format, child_size, parent_ref) = {
+fn commit_data_into_parent(
+    path: &Path,
+    base: Option<&Path>,
+    options: &OpenOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Moved> {
+    // The layer written (`depth` in the chain), the one above it (which records it) and how.
+    let (depth, above_path, above_format, parent_path, parent_format, child_size, parent_ref) = {
         let child = open(path, &with_format(options, options.format, false))?;
-        let parent_ref = child.top().parent().cloned().ok_or_else(|| {
-            Error::new(
+        if child.top().parent().is_none() {
+            return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 "cannot commit: the image has no backing file",
             )
-            .with_file(path)
-        })?;
-        let (layer, parent_path) = child.layers().nth(1).ok_or_else(|| Error::corrupt("no parent layer"))?;
+            .with_file(path));
+        }
+        let depth = match base {
+            None => 1,
+            Some(base) => {
+                let want = base
+                    .canonicalize()
+                    .map_err(|e| Error::io(e, "cannot find the base").with_file(base))?;
+                child
+                    .layers()
+                    .position(|(_, p)| p.and_then(|p| p.canonicalize().ok()).as_deref() == Some(want.as_path()))
+                    .filter(|&d| d > 0)
+                    .ok_or_else(|| {
+                        Error::invalid_argument(format!(
+                            "'{}' is not in the backing chain of the image",
+                            base.display()
+                        ))
+                        .with_file(path)
+                    })?
+            }
+        };
+        let (above, above_path) = child
+            .layers()
+            .nth(depth - 1)
+            .ok_or_else(|| Error::corrupt("no layer above"))?;
+        let parent_ref = above
+            .parent()
+            .cloned()
+            .ok_or_else(|| Error::corrupt("no parent recorded"))?;
+        let above_path = above_path
+            .ok_or_else(|| Error::unsupported("cannot commit through an image that is not a file"))?
+            .to_path_buf();
+        let (layer, parent_path) = child
+            .layers()
+            .nth(depth)
+            .ok_or_else(|| Error::corrupt("no parent layer"))?;
         let parent_path = parent_path
             .ok_or_else(|| Error::unsupported("cannot commit into a parent that is not a file"))?
             .to_path_buf();
-        (parent_path, layer.format(), child.virtual_size(), parent_ref)
+        let above_format = above.format();
+        (
+            depth,
+            above_path,
+            above_format,
+            parent_path,
+            layer.format(),
+            child.virtual_size(),
+            parent_ref,
+        )
     };
     let parent_opts = with_format(options, Some(parent_format), true);
     {
@@ -384,8 +446,14 @@ fn commit_data_into_parent(path: &Path, options: &OpenOptions, progress: &mut dy
         let child = open(path, &reading)?;
         // The parent is opened for writing through the resolver again (its policy checks the
         // opened file itself), never by the path found earlier, which could have been swapped.
-        let opened = Image::resolve_parent(&*options.resolver, Some(path), &parent_ref, true, options.locking)
-            .with_file(path)?;
+        let opened = Image::resolve_parent(
+            &*options.resolver,
+            Some(&above_path),
+            &parent_ref,
+            true,
+            options.locking,
+        )
+        .with_file(&above_path)?;
         if opened.path != parent_path {
             return Err(Error::new(
                 ErrorKind::ParentMismatch,
@@ -394,23 +462,24 @@ fn commit_data_into_parent(path: &Path, options: &OpenOptions, progress: &mut dy
             .with_file(path));
         }
         let parent = crate::open_storage(opened.storage, Some(&opened.path), &parent_opts).with_file(&parent_path)?;
-        commit_data(&child, &parent, progress).with_file(&parent_path)?
+        commit_data_above(&child, depth, &parent, progress).with_file(&parent_path)?
     };
-    // The child still reads the same; refresh its record of the parent where that changed.
-    let child = open_single(path, options.format, false, options)?;
+    // The image above the one written still reads the same (the child, or with a deeper base
+    // the layer the child's data went through); refresh its record of it where that changed.
+    let above = open_single(&above_path, Some(above_format), false, options)?;
     let parent = open_single(&parent_path, Some(parent_format), false, options)?;
-    if child.top().verify_parent(parent.top()).is_err() {
-        drop(child);
-        let child = open_single(path, options.format, true, options)?;
-        child
+    if above.top().verify_parent(parent.top()).is_err() {
+        drop(above);
+        let above = open_single(&above_path, Some(above_format), true, options)?;
+        above
             .into_top()
             .set_parent(Some(&NewParent {
                 recorded: &parent_ref.display,
                 absolute: Some(&parent_path),
-                child: Some(path),
+                child: Some(&above_path),
                 layer: parent.top(),
             }))
-            .with_file(path)?;
+            .with_file(&above_path)?;
     }
     Ok(moved)
 }

@@ -38,11 +38,59 @@ fn top_runs(image: &Image, mut f: impl FnMut(u64, u64, Allocation) -> Result<()>
     Ok(())
 }
 
+/// Visit the runs of `image` that the layers above `depth` store (`(lba, sectors,
+/// allocation)`, at most [`CHUNK`] bytes each; `Unallocated` where only `depth` and below
+/// hold anything).
+fn runs_above(image: &Image, depth: usize, mut f: impl FnMut(u64, u64, Allocation) -> Result<()>) -> Result<()> {
+    if depth <= 1 {
+        return top_runs(image, f);
+    }
+    let ss = u64::from(image.sector_size());
+    let sectors = image.sector_count();
+    let per = (CHUNK / ss).max(1);
+    let mut lba = 0;
+    while lba < sectors {
+        let status = image.block_status(lba, (sectors - lba).min(per))?;
+        let n = status.sectors.clamp(1, sectors - lba);
+        let above = usize::try_from(status.depth).is_ok_and(|d| d < depth);
+        f(
+            lba,
+            n,
+            if above {
+                status.allocation
+            } else {
+                Allocation::Unallocated
+            },
+        )?;
+        lba += n;
+    }
+    Ok(())
+}
+
 /// Copy every sector the top layer of `child` stores (data, or zeros that hide the parent) into
 /// `parent`, the image below it opened writable, then flush `parent`. The guest view of `child`
 /// does not change; `parent` then reads as `child` wherever `child` holds data. `parent` must be
 /// at least as large as `child`.
-pub fn commit_data(child: &Image, parent: &dyn Disk, mut progress: impl FnMut(u64, u64)) -> Result<Moved> {
+pub fn commit_data(child: &Image, parent: &dyn Disk, progress: impl FnMut(u64, u64)) -> Result<Moved> {
+    commit_data_above(child, 1, parent, progress)
+}
+
+/// [`commit_data`] into the image at `depth` of `child`'s chain (1 is the parent; qemu-img
+/// commit's `-b`): every sector the layers above it store, as `child` reads it, is written
+/// into `parent` (that image, opened writable), which then reads as `child`. The images
+/// between `child` and `parent` are left as they are (their view changes with `parent`).
+pub fn commit_data_above(
+    child: &Image,
+    depth: usize,
+    parent: &dyn Disk,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Moved> {
+    if depth == 0 || depth >= child.layers().count() {
+        return Err(Error::invalid_argument(format!(
+            "layer {depth} is not below the top of a chain of {}",
+            child.layers().count()
+        )));
+    }
     if parent.sector_size() != child.sector_size() {
         return Err(Error::unsupported("the parent's sector size differs from the child's"));
     }
@@ -57,7 +105,7 @@ pub fn commit_data(child: &Image, parent: &dyn Disk, mut progress: impl FnMut(u6
     let total = child.virtual_size();
     let mut moved = Moved::default();
     let mut buf = Vec::new();
-    top_runs(child, |lba, n, allocation| {
+    runs_above(child, depth, |lba, n, allocation| {
         match allocation {
             Allocation::Data => {
                 buf.resize((n * ss) as usize, 0);

@@ -6,7 +6,7 @@ mod compare;
 mod copy;
 mod map;
 
-pub use chain::{Moved, commit_data, rebase_data};
+pub use chain::{Moved, commit_data, commit_data_above, rebase_data};
 pub use compare::{Comparison, compare, compare_with_progress};
 pub use copy::{CopyOptions, CopyStats, Target, copy};
 pub use map::{MapEntry, map, map_each, map_range};
