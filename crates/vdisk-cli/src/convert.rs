@@ -1,7 +1,7 @@
 //! `vdisk create` and `vdisk convert`: making new images.
 
 use crate::common::{CmdResult, Ctx, Failure, parse_format, parse_format_opt, parse_options};
-use crate::output::emit;
+use crate::output::{emit, format_name};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use vdisk::{ConvertOptions, CreateOptions, Disk, MissingParent, parse_size};
@@ -51,7 +51,7 @@ pub fn run_create(ctx: &Ctx, args: &CreateArgs) -> CmdResult {
             .ok()
             .map(|i| i.virtual_size())
     });
-    let mut line = format!("Formatting '{}', fmt={}", args.file.display(), format);
+    let mut line = format!("Formatting '{}', fmt={}", args.file.display(), format_name(format));
     if let Some(size) = created {
         line.push_str(&format!(" size={size}"));
     }
@@ -59,7 +59,7 @@ pub fn run_create(ctx: &Ctx, args: &CreateArgs) -> CmdResult {
         line.push_str(&format!(" backing_file={b}"));
     }
     if let Some(f) = &options.backing_format {
-        line.push_str(&format!(" backing_fmt={f}"));
+        line.push_str(&format!(" backing_fmt={}", format_name(*f)));
     }
     for list in &args.options {
         for piece in list.split(',').filter(|p| !p.is_empty()) {
@@ -123,7 +123,8 @@ pub fn run_convert(ctx: &Ctx, args: &ConvertArgs) -> CmdResult {
     if args.compress {
         if dst_format != vdisk::Format::Vmdk {
             return Err(Failure::new(format!(
-                "compression (-c) is supported for VMDK output only (as stream-optimized), not {dst_format}"
+                "compression (-c) is supported for VMDK output only (as stream-optimized), not {}",
+                format_name(dst_format)
             )));
         }
         match options.get("subformat") {

@@ -3,6 +3,16 @@
 use serde_json::{Map, Value};
 use vdisk::InfoValue;
 
+/// The name `qemu-img` prints for `format` (`vpc` for VHD), in JSON and human output alike, so
+/// scripts written for `qemu-img` read the same names. The library's [`vdisk::Format::name`]
+/// stays `vhd`; `-f`/`-O`/`-F` accept both.
+pub fn format_name(format: vdisk::Format) -> &'static str {
+    match format {
+        vdisk::Format::Vhd => "vpc",
+        other => other.name(),
+    }
+}
+
 /// `--output human|json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum OutputFormat {

@@ -98,6 +98,13 @@ fn vhd_chain_info_map_and_missing_parent() {
         text.contains("size=16777216") && text.contains("backing_file=base.vhd"),
         "{text}"
     );
+    // qemu-img's name for VHD is `vpc`, in every name it prints.
+    assert!(text.contains(" fmt=vpc ") && text.contains(" backing_fmt=vpc"), "{text}");
+    let human = ok(&vdisk(["info", "-f", "vhd", c]));
+    assert!(
+        human.contains("file format: vpc\n") && human.contains("backing file format: vpc\n"),
+        "{human}"
+    );
     ok(&vdisk([
         "io",
         "-c",
@@ -109,12 +116,12 @@ fn vhd_chain_info_map_and_missing_parent() {
 
     let v = json(&vdisk(["info", "--output=json", c]));
     assert_eq!(v["backing-filename"], "base.vhd");
-    assert_eq!(v["backing-filename-format"], "vhd");
+    assert_eq!(v["backing-filename-format"], "vpc");
     let chain = json(&vdisk(["info", "--output=json", "--backing-chain", c]));
     let chain = chain.as_array().unwrap();
     assert_eq!(chain.len(), 2);
     assert_eq!(chain[0]["filename"], c);
-    assert_eq!(chain[1]["format"], "vhd");
+    assert_eq!(chain[1]["format"], "vpc");
 
     let map = json(&vdisk(["map", "--output=json", c]));
     let depth_of = |offset: u64| {
@@ -234,7 +241,7 @@ fn check_exit_codes_on_damaged_vhd() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(&keys[..3], ["filename", "format", "check-errors"]);
-    assert_eq!(v["format"], "vhd");
+    assert_eq!(v["format"], "vpc");
     assert_eq!(v["corruptions"], 1);
     let out = vdisk(["check", bad_path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
