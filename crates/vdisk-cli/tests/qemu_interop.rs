@@ -106,6 +106,142 @@ fn map_json_matches_qemu() {
     assert_eq!(ok(&vdisk(["map", p])), ok(&qemu_img(["map", "-f", "raw", p])));
 }
 
+/// `map --output=json` of vdisk and of qemu-img on `img`, as JSON arrays.
+fn both_maps(img: &std::path::Path, format: &str) -> (Value, Value) {
+    let p = img.to_str().unwrap();
+    let ours = json(&vdisk(["map", "-f", format, "--output=json", p]));
+    let theirs = serde_json::from_str(&ok(&qemu_img(["map", "-f", format, "--output=json", p]))).unwrap();
+    (ours, theirs)
+}
+
+/// Write `writes` (qemu-io commands) into `img` with vdisk.
+fn write_with_vdisk(img: &std::path::Path, writes: &[&str]) {
+    let mut args = vec!["io"];
+    for w in writes {
+        args.extend(["-c", w]);
+    }
+    args.push(img.to_str().unwrap());
+    ok(&vdisk(args));
+}
+
+#[test]
+fn map_json_entries_match_qemu_per_format() {
+    if !qemu_img_available("map_json_entries_match_qemu_per_format") {
+        return;
+    }
+    let (_d, dir) = temp();
+    let writes = ["write -P 1 0 64k", "write -P 2 6M 1M", "write -z 12M 64k"];
+    let path = |name: &str| dir.join(name);
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+
+    // Dynamic VHD by qemu-img and by vdisk: an unallocated block is `present: true, zero: true`.
+    ok(&qemu_img(["create", "-q", "-f", "vpc", &s(&path("q.vhd")), "16M"]));
+    ok(&vdisk(["create", "-f", "vhd", "-o", "block_size=1M", &s(&path("v.vhd")), "16M"]));
+    for name in ["q.vhd", "v.vhd"] {
+        write_with_vdisk(&path(name), &writes);
+        let (ours, theirs) = both_maps(&path(name), "vpc");
+        assert_eq!(ours, theirs, "{name}");
+        assert!(ours.as_array().unwrap().iter().all(|e| e["present"] == true), "{ours}");
+    }
+
+    // Fixed VHD: holes are data that reads as zeros, at their offset (as in a flat VMDK).
+    ok(&vdisk(["create", "-f", "vhd", "-o", "subformat=fixed", &s(&path("f.vhd")), "8M"]));
+    write_with_vdisk(&path("f.vhd"), &["write -P 1 1M 64k"]);
+    let (ours, theirs) = both_maps(&path("f.vhd"), "vpc");
+    assert_eq!(ours, theirs);
+    assert!(ours.as_array().unwrap().iter().any(|e| e["zero"] == true && e["data"] == true));
+
+    // monolithicSparse VMDK (qemu's and ours), a VMDK chain, monolithicFlat.
+    ok(&qemu_img(["create", "-q", "-f", "vmdk", &s(&path("q.vmdk")), "16M"]));
+    ok(&vdisk(["create", "-f", "vmdk", &s(&path("v.vmdk")), "16M"]));
+    for name in ["q.vmdk", "v.vmdk"] {
+        write_with_vdisk(&path(name), &writes);
+        let (ours, theirs) = both_maps(&path(name), "vmdk");
+        assert_eq!(ours, theirs, "{name}");
+    }
+    ok(&qemu_img(["create", "-q", "-f", "vmdk", "-b", "q.vmdk", "-F", "vmdk", &s(&path("c.vmdk"))]));
+    write_with_vdisk(&path("c.vmdk"), &["write -P 3 32k 64k", "write -z 6M 64k"]);
+    let (ours, theirs) = both_maps(&path("c.vmdk"), "vmdk");
+    assert_eq!(ours, theirs);
+    assert!(ours.as_array().unwrap().iter().any(|e| e["depth"] == 1 && e["present"] == false));
+    let flat = path("flat.vmdk");
+    ok(&qemu_img(["convert", "-O", "vmdk", "-o", "subformat=monolithicFlat", &s(&path("q.vmdk")), &s(&flat)]));
+    let (ours, theirs) = both_maps(&flat, "vmdk");
+    assert_eq!(ours, theirs);
+
+    // streamOptimized: grains are `compressed: true`, with no offset; the same from our convert.
+    let stream = path("st.vmdk");
+    ok(&qemu_img(["convert", "-O", "vmdk", "-o", "subformat=streamOptimized", &s(&path("q.vmdk")), &s(&stream)]));
+    let (ours, theirs) = both_maps(&stream, "vmdk");
+    assert_eq!(ours, theirs);
+    let data: Vec<&Value> = ours.as_array().unwrap().iter().filter(|e| e["data"] == true).collect();
+    assert!(!data.is_empty() && data.iter().all(|e| e["compressed"] == true && e.get("offset").is_none()));
+    let ours_stream = path("ours-st.vmdk");
+    ok(&vdisk(["convert", "-c", "-O", "vmdk", &s(&path("q.vmdk")), &s(&ours_stream)]));
+    let (ours, theirs) = both_maps(&ours_stream, "vmdk");
+    assert_eq!(ours, theirs);
+
+    // Raw with holes.
+    sparse_raw(&path("r.raw"), 8 * MIB, &[(MIB, 9, 4096), (5 * MIB, 9, 65536)]);
+    let (ours, theirs) = both_maps(&path("r.raw"), "raw");
+    assert_eq!(ours, theirs);
+
+    // VHDX: qemu-img reports the whole disk as data with no offset (its driver answers no block
+    // status); ours has the same keys (and `offset` where data lies) and reports data where it
+    // is stored (docs/CLI.md).
+    ok(&qemu_img(["create", "-q", "-f", "vhdx", "-o", "block_size=1M", &s(&path("q.vhdx")), "16M"]));
+    write_with_vdisk(&path("q.vhdx"), &writes);
+    let (ours, theirs) = both_maps(&path("q.vhdx"), "vhdx");
+    let keys = |v: &Value| -> Vec<String> {
+        v[0].as_object().unwrap().keys().filter(|k| *k != "offset").cloned().collect()
+    };
+    assert_eq!(keys(&ours), keys(&theirs));
+    assert_eq!(data_runs(&theirs), [(0, 16 * MIB)]);
+    assert_eq!(data_runs(&ours), [(0, MIB), (6 * MIB, MIB)]);
+}
+
+/// Differencing VHD and VHDX chains, which qemu-img cannot open: the same conventions as for
+/// the formats it does open (an unallocated VHD block is present zeros; VHDX and VMDK report
+/// what is absent from the whole chain as not present).
+#[test]
+fn map_json_of_differencing_vhd_and_vhdx_chains() {
+    let (_d, dir) = temp();
+    for (fmt, base, child, opts) in [
+        ("vhd", "b.vhd", "c.vhd", "block_size=1M"),
+        ("vhdx", "b.vhdx", "c.vhdx", "block_size=1M"),
+    ] {
+        let (b, c) = (dir.join(base), dir.join(child));
+        ok(&vdisk(["create", "-f", fmt, "-o", opts, b.to_str().unwrap(), "8M"]));
+        write_with_vdisk(&b, &["write -P 1 0 1M"]);
+        ok(&vdisk(["create", "-f", fmt, "-b", base, c.to_str().unwrap()]));
+        write_with_vdisk(&c, &["write -P 2 3M 64k"]);
+        let map = json(&vdisk(["map", "--output=json", c.to_str().unwrap()]));
+        let entries = map.as_array().unwrap();
+        let fields = |e: &Value| {
+            (
+                e["start"].as_u64().unwrap(),
+                e["depth"].as_u64().unwrap(),
+                e["present"].as_bool().unwrap(),
+                e["zero"].as_bool().unwrap(),
+                e["data"].as_bool().unwrap(),
+                e["compressed"].as_bool().unwrap(),
+            )
+        };
+        let got: Vec<_> = entries.iter().map(fields).collect();
+        let absent_present = fmt == "vhd";
+        assert_eq!(
+            got,
+            [
+                (0, 1, true, false, true, false),
+                (MIB, 1, absent_present, true, false, false),
+                (3 * MIB, 0, true, false, true, false),
+                (3 * MIB + 65536, 1, absent_present, true, false, false),
+            ],
+            "{fmt}: {map}"
+        );
+    }
+}
+
 #[test]
 fn our_compare_agrees_with_qemu_compare() {
     if !qemu_img_available("our_compare_agrees_with_qemu_compare") {
