@@ -435,3 +435,130 @@ fn convert_workers_order_zero_detection_and_compression() {
     assert!(e.contains("mutually exclusive"), "{e}");
     assert!(!dir.join("x.vmdk").exists());
 }
+
+/// Where the BAT of the VHDX at `path` starts (from the first region table, at 192 KiB).
+fn vhdx_bat_offset(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::FileExt;
+    const BAT_GUID_START: [u8; 4] = [0x66, 0x77, 0xc2, 0x2d];
+    let mut table = vec![0u8; 64 * 1024];
+    std::fs::File::open(path).unwrap().read_exact_at(&mut table, 192 * 1024).unwrap();
+    let count = u32::from_le_bytes(table[8..12].try_into().unwrap()) as usize;
+    (0..count)
+        .map(|i| &table[16 + i * 32..48 + i * 32])
+        .find(|e| e[..4] == BAT_GUID_START)
+        .map(|e| u64::from_le_bytes(e[16..24].try_into().unwrap()))
+        .unwrap()
+}
+
+#[test]
+fn fresh_images_of_either_tool_check_clean_and_real_leaks_do_not() {
+    if !qemu_img_available("fresh_images_of_either_tool_check_clean_and_real_leaks_do_not") {
+        return;
+    }
+    let (_d, dir) = temp();
+    let s = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    // qemu-img leaves 4 MiB of zeroed space after the metadata of a VHDX it creates (and sizes a
+    // fixed one for all its blocks while recording none); its check calls that clean, so do we.
+    let mut images: Vec<(String, &str)> = Vec::new();
+    for (i, opts) in [
+        "block_size=1M",
+        "block_size=8M",
+        "block_size=32M",
+        "block_size=256M",
+        "subformat=fixed",
+        "subformat=fixed,block_size=1M",
+    ]
+    .iter()
+    .enumerate()
+    {
+        for size in ["10M", "1G", "64T"] {
+            // 64 TiB (a 513 MiB BAT) once: the reserve is the same whatever the size.
+            if size == "64T" && i > 0 {
+                continue;
+            }
+            let name = s(&format!("q{i}-{size}.vhdx"));
+            ok(&qemu_img(["create", "-q", "-f", "vhdx", "-o", opts, &name, size]));
+            images.push((name, "vhdx"));
+        }
+    }
+    for sub in ["monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "streamOptimized"] {
+        let (q, v) = (s(&format!("q-{sub}.vmdk")), s(&format!("v-{sub}.vmdk")));
+        ok(&qemu_img(["create", "-q", "-f", "vmdk", "-o", &format!("subformat={sub}"), &q, "3G"]));
+        ok(&vdisk(["create", "-f", "vmdk", "-o", &format!("subformat={sub}"), &v, "3G"]));
+        images.extend([(q, "vmdk"), (v, "vmdk")]);
+    }
+    for opts in ["block_size=1M", "subformat=fixed"] {
+        let v = s(&format!("v-{opts}.vhdx"));
+        ok(&vdisk(["create", "-f", "vhdx", "-o", opts, &v, "100M"]));
+        images.push((v, "vhdx"));
+    }
+    // qemu-img does not check vpc (exit 63); ours must be clean all the same.
+    let q = s("q.vhd");
+    ok(&qemu_img(["create", "-q", "-f", "vpc", &q, "100M"]));
+    assert_eq!(vdisk(["check", &q]).status.code(), Some(0), "{}", stdout(&vdisk(["check", &q])));
+    for (name, fmt) in &images {
+        let theirs = qemu_img(["check", "-f", fmt, name]);
+        assert_eq!(theirs.status.code(), Some(0), "qemu-img on {name}: {}", stdout(&theirs));
+        let ours = vdisk(["check", name]);
+        assert_eq!(ours.status.code(), Some(0), "{name}: {}", stdout(&ours));
+    }
+    // Blocks written by qemu go after the reserved space, which stays clean.
+    let written = s("q0-1G.vhdx");
+    let io = std::process::Command::new("qemu-io")
+        .args(["-f", "vhdx", "-c", "write -P 7 0 1M", &written])
+        .output();
+    if io.is_ok_and(|o| o.status.success()) {
+        assert_eq!(vdisk(["check", &written]).status.code(), Some(0));
+    }
+
+    // Real leaks: a MiB of data appended (a block whose BAT update was lost), and zeros appended
+    // beyond the space qemu-img reserves.
+    let with_data = s("q0-10M.vhdx");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&with_data).unwrap();
+    std::io::Write::write_all(&mut f, &vec![0x5a; MIB as usize]).unwrap();
+    drop(f);
+    let out = vdisk(["check", &with_data]);
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    assert!(stdout(&out).contains("after the last used block are not referenced"));
+    let padded = s("q1-10M.vhdx");
+    let f = std::fs::OpenOptions::new().write(true).open(&padded).unwrap();
+    f.set_len(f.metadata().unwrap().len() + 8 * MIB).unwrap();
+    drop(f);
+    assert_eq!(vdisk(["check", &padded]).status.code(), Some(3));
+}
+
+#[test]
+fn vhdx_bat_entry_past_the_end_of_the_file_is_a_corruption() {
+    if !qemu_img_available("vhdx_bat_entry_past_the_end_of_the_file_is_a_corruption") {
+        return;
+    }
+    use std::os::unix::fs::FileExt;
+    let (_d, dir) = temp();
+    // A small BAT (checked on open) and a 513 MiB one (checked page by page on a read-only open).
+    for size in ["16M", "64T"] {
+        let path = dir.join(format!("o-{size}.vhdx"));
+        let p = path.to_str().unwrap();
+        ok(&qemu_img(["create", "-q", "-f", "vhdx", "-o", "block_size=1M", p, size]));
+        ok(&vdisk(["io", "-c", "write -P 3 1M 1M", p]));
+        // Block 1 is entry 1 (the first sector bitmap entry follows 4096 payload entries).
+        let at = vhdx_bat_offset(&path) + 8;
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let mut entry = [0u8; 8];
+        f.read_exact_at(&mut entry, at).unwrap();
+        let state = u64::from_le_bytes(entry) & 7;
+        assert_eq!(state, 6, "block 1 is fully present");
+        f.write_all_at(&((1u64 << 40) | state).to_le_bytes(), at).unwrap();
+        drop(f);
+        let theirs = qemu_img(["check", "-f", "vhdx", p]);
+        assert_eq!(theirs.status.code(), Some(2), "{}", stderr(&theirs));
+        let out = vdisk(["check", "--output=json", p]);
+        assert_eq!(out.status.code(), Some(2), "{}{}", stdout(&out), stderr(&out));
+        let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(v["corruptions"], 1, "{v}");
+        let detail = v["corruption-details"][0].as_str().unwrap();
+        assert!(
+            detail.starts_with("BAT entry 1 ") && detail.contains("past the end of the file"),
+            "{detail}"
+        );
+    }
+}
