@@ -562,3 +562,31 @@ fn vhdx_bat_entry_past_the_end_of_the_file_is_a_corruption() {
         );
     }
 }
+
+#[test]
+fn parent_cid_changed_by_qemu_says_how_to_accept_it() {
+    if !qemu_img_available("parent_cid_changed_by_qemu_says_how_to_accept_it") {
+        return;
+    }
+    let (_d, dir) = temp();
+    let (base, child) = (dir.join("b.vmdk"), dir.join("c.vmdk"));
+    let (b, c) = (base.to_str().unwrap(), child.to_str().unwrap());
+    ok(&vdisk(["create", "-f", "vmdk", b, "8M"]));
+    ok(&vdisk(["io", "-c", "write -P 5 0 64k", b]));
+    ok(&vdisk(["create", "-f", "vmdk", "-b", "b.vmdk", c]));
+    // qemu writes zeros where zeros are: the content stays, the CID changes.
+    let io = std::process::Command::new("qemu-io")
+        .args(["-f", "vmdk", "-c", "write -z 1M 64k", b])
+        .output();
+    if !io.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipping parent_cid_changed_by_qemu_says_how_to_accept_it: qemu-io failed");
+        return;
+    }
+    let e = clean_error(&vdisk(["io", "-c", "read -P 5 0 64k", c]), 1);
+    let fix = format!("run `vdisk rebase -u -b b.vmdk {c}`");
+    assert!(e.contains("parentCID") && e.contains(&fix), "{e}");
+    // The advice works.
+    ok(&vdisk(["rebase", "-u", "-b", "b.vmdk", c]));
+    ok(&vdisk(["io", "-c", "read -P 5 0 64k", c]));
+    assert_eq!(qemu_img(["check", "-f", "vmdk", c]).status.code(), Some(0));
+}

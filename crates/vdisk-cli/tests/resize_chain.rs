@@ -503,3 +503,27 @@ fn measure_fit_inverts_measure() {
     clean_error(&vdisk(["measure", "-O", "vhd", "--fit", "100", "--size", "1M"]), 1);
     clean_error(&vdisk(["measure", "-O", "vhd", "--fit", "100"]), 1);
 }
+
+#[test]
+fn a_parent_with_a_new_identity_says_how_to_accept_it() {
+    for fmt in ["vhd", "vhdx"] {
+        let (_d, dir) = temp();
+        let (base, child, other) = (
+            dir.join(format!("b.{fmt}")),
+            dir.join(format!("c.{fmt}")),
+            dir.join(format!("o.{fmt}")),
+        );
+        let (b, c, o) = (base.to_str().unwrap(), child.to_str().unwrap(), other.to_str().unwrap());
+        ok(&vdisk(["create", "-f", fmt, b, "8M"]));
+        ok(&vdisk(["create", "-f", fmt, "-b", &format!("b.{fmt}"), c]));
+        // Another tool writes the same (empty) content anew: a new unique id / DataWriteGuid.
+        ok(&vdisk(["create", "-f", fmt, o, "8M"]));
+        std::fs::rename(&other, &base).unwrap();
+        let e = clean_error(&vdisk(["map", c]), 1);
+        let fix = format!("run `vdisk rebase -u -b b.{fmt} {c}` to accept it");
+        assert!(e.contains(&fix), "{fmt}: {e}");
+        ok(&vdisk(["rebase", "-u", "-b", &format!("b.{fmt}"), c]));
+        ok(&vdisk(["map", c]));
+        ok(&vdisk(["check", c]));
+    }
+}
