@@ -32,6 +32,14 @@ pub fn emit(text: &str) {
     let _ = out.flush();
 }
 
+/// Print one warning line `vdisk: warning: TEXT` on stderr (as `qemu-img: warning: ...`); the
+/// command goes on. A closed stderr is ignored.
+pub fn warn(text: &str) {
+    use std::io::Write;
+    let text = text.replace(['\n', '\r'], " ");
+    let _ = writeln!(std::io::stderr(), "vdisk: warning: {text}");
+}
+
 /// `value` as JSON indented by four spaces per level, as `qemu-img` prints it.
 pub fn pretty_json(value: &Value) -> String {
     let two = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
