@@ -390,11 +390,19 @@ impl Disk for Image {
 /// rewrites a parent's metadata (a new VMDK CID, VHDX DataWriteGuid or VHD unique id) without
 /// changing what the child was made against leaves the child refusing it, and `vdisk rebase -u`
 /// (which rewrites only the child's reference) records the parent's new identity.
-fn rebase_hint(e: Error, parent: &dyn Layer, child: &dyn Layer, parent_ref: &ParentRef, child_path: Option<&Path>) -> Error {
+fn rebase_hint(
+    e: Error,
+    parent: &dyn Layer,
+    child: &dyn Layer,
+    parent_ref: &ParentRef,
+    child_path: Option<&Path>,
+) -> Error {
     if e.kind() != ErrorKind::ParentMismatch || parent.format() != child.format() {
         return e;
     }
-    let child_name = child_path.map(|p| p.display().to_string()).unwrap_or_else(|| "CHILD".into());
+    let child_name = child_path
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "CHILD".into());
     e.with_advice(format!(
         "if the parent is unchanged in content (another tool rewrote only its metadata), run \
          `vdisk rebase -u -b {} {child_name}` to accept it",

@@ -100,7 +100,10 @@ fn vhd_chain_info_map_and_missing_parent() {
         "{text}"
     );
     // qemu-img's name for VHD is `vpc`, in every name it prints.
-    assert!(text.contains(" fmt=vpc ") && text.contains(" backing_fmt=vpc"), "{text}");
+    assert!(
+        text.contains(" fmt=vpc ") && text.contains(" backing_fmt=vpc"),
+        "{text}"
+    );
     let human = ok(&vdisk(["info", "-f", "vhd", c]));
     assert!(
         human.contains("file format: vpc\n") && human.contains("backing file format: vpc\n"),

@@ -136,7 +136,15 @@ fn map_json_entries_match_qemu_per_format() {
 
     // Dynamic VHD by qemu-img and by vdisk: an unallocated block is `present: true, zero: true`.
     ok(&qemu_img(["create", "-q", "-f", "vpc", &s(&path("q.vhd")), "16M"]));
-    ok(&vdisk(["create", "-f", "vhd", "-o", "block_size=1M", &s(&path("v.vhd")), "16M"]));
+    ok(&vdisk([
+        "create",
+        "-f",
+        "vhd",
+        "-o",
+        "block_size=1M",
+        &s(&path("v.vhd")),
+        "16M",
+    ]));
     for name in ["q.vhd", "v.vhd"] {
         write_with_vdisk(&path(name), &writes);
         let (ours, theirs) = both_maps(&path(name), "vpc");
@@ -145,11 +153,24 @@ fn map_json_entries_match_qemu_per_format() {
     }
 
     // Fixed VHD: holes are data that reads as zeros, at their offset (as in a flat VMDK).
-    ok(&vdisk(["create", "-f", "vhd", "-o", "subformat=fixed", &s(&path("f.vhd")), "8M"]));
+    ok(&vdisk([
+        "create",
+        "-f",
+        "vhd",
+        "-o",
+        "subformat=fixed",
+        &s(&path("f.vhd")),
+        "8M",
+    ]));
     write_with_vdisk(&path("f.vhd"), &["write -P 1 1M 64k"]);
     let (ours, theirs) = both_maps(&path("f.vhd"), "vpc");
     assert_eq!(ours, theirs);
-    assert!(ours.as_array().unwrap().iter().any(|e| e["zero"] == true && e["data"] == true));
+    assert!(
+        ours.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["zero"] == true && e["data"] == true)
+    );
 
     // monolithicSparse VMDK (qemu's and ours), a VMDK chain, monolithicFlat.
     ok(&qemu_img(["create", "-q", "-f", "vmdk", &s(&path("q.vmdk")), "16M"]));
@@ -159,25 +180,68 @@ fn map_json_entries_match_qemu_per_format() {
         let (ours, theirs) = both_maps(&path(name), "vmdk");
         assert_eq!(ours, theirs, "{name}");
     }
-    ok(&qemu_img(["create", "-q", "-f", "vmdk", "-b", "q.vmdk", "-F", "vmdk", &s(&path("c.vmdk"))]));
+    ok(&qemu_img([
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-b",
+        "q.vmdk",
+        "-F",
+        "vmdk",
+        &s(&path("c.vmdk")),
+    ]));
     write_with_vdisk(&path("c.vmdk"), &["write -P 3 32k 64k", "write -z 6M 64k"]);
     let (ours, theirs) = both_maps(&path("c.vmdk"), "vmdk");
     assert_eq!(ours, theirs);
-    assert!(ours.as_array().unwrap().iter().any(|e| e["depth"] == 1 && e["present"] == false));
+    assert!(
+        ours.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["depth"] == 1 && e["present"] == false)
+    );
     let flat = path("flat.vmdk");
-    ok(&qemu_img(["convert", "-O", "vmdk", "-o", "subformat=monolithicFlat", &s(&path("q.vmdk")), &s(&flat)]));
+    ok(&qemu_img([
+        "convert",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=monolithicFlat",
+        &s(&path("q.vmdk")),
+        &s(&flat),
+    ]));
     let (ours, theirs) = both_maps(&flat, "vmdk");
     assert_eq!(ours, theirs);
 
     // streamOptimized: grains are `compressed: true`, with no offset; the same from our convert.
     let stream = path("st.vmdk");
-    ok(&qemu_img(["convert", "-O", "vmdk", "-o", "subformat=streamOptimized", &s(&path("q.vmdk")), &s(&stream)]));
+    ok(&qemu_img([
+        "convert",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        &s(&path("q.vmdk")),
+        &s(&stream),
+    ]));
     let (ours, theirs) = both_maps(&stream, "vmdk");
     assert_eq!(ours, theirs);
     let data: Vec<&Value> = ours.as_array().unwrap().iter().filter(|e| e["data"] == true).collect();
-    assert!(!data.is_empty() && data.iter().all(|e| e["compressed"] == true && e.get("offset").is_none()));
+    assert!(
+        !data.is_empty()
+            && data
+                .iter()
+                .all(|e| e["compressed"] == true && e.get("offset").is_none())
+    );
     let ours_stream = path("ours-st.vmdk");
-    ok(&vdisk(["convert", "-c", "-O", "vmdk", &s(&path("q.vmdk")), &s(&ours_stream)]));
+    ok(&vdisk([
+        "convert",
+        "-c",
+        "-O",
+        "vmdk",
+        &s(&path("q.vmdk")),
+        &s(&ours_stream),
+    ]));
     let (ours, theirs) = both_maps(&ours_stream, "vmdk");
     assert_eq!(ours, theirs);
 
@@ -189,11 +253,25 @@ fn map_json_entries_match_qemu_per_format() {
     // VHDX: qemu-img reports the whole disk as data with no offset (its driver answers no block
     // status); ours has the same keys (and `offset` where data lies) and reports data where it
     // is stored (docs/CLI.md).
-    ok(&qemu_img(["create", "-q", "-f", "vhdx", "-o", "block_size=1M", &s(&path("q.vhdx")), "16M"]));
+    ok(&qemu_img([
+        "create",
+        "-q",
+        "-f",
+        "vhdx",
+        "-o",
+        "block_size=1M",
+        &s(&path("q.vhdx")),
+        "16M",
+    ]));
     write_with_vdisk(&path("q.vhdx"), &writes);
     let (ours, theirs) = both_maps(&path("q.vhdx"), "vhdx");
     let keys = |v: &Value| -> Vec<String> {
-        v[0].as_object().unwrap().keys().filter(|k| *k != "offset").cloned().collect()
+        v[0].as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "offset")
+            .cloned()
+            .collect()
     };
     assert_eq!(keys(&ours), keys(&theirs));
     assert_eq!(data_runs(&theirs), [(0, 16 * MIB)]);
@@ -441,7 +519,10 @@ fn vhdx_bat_offset(path: &std::path::Path) -> u64 {
     use std::os::unix::fs::FileExt;
     const BAT_GUID_START: [u8; 4] = [0x66, 0x77, 0xc2, 0x2d];
     let mut table = vec![0u8; 64 * 1024];
-    std::fs::File::open(path).unwrap().read_exact_at(&mut table, 192 * 1024).unwrap();
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut table, 192 * 1024)
+        .unwrap();
     let count = u32::from_le_bytes(table[8..12].try_into().unwrap()) as usize;
     (0..count)
         .map(|i| &table[16 + i * 32..48 + i * 32])
@@ -481,10 +562,32 @@ fn fresh_images_of_either_tool_check_clean_and_real_leaks_do_not() {
             images.push((name, "vhdx"));
         }
     }
-    for sub in ["monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "streamOptimized"] {
+    for sub in [
+        "monolithicSparse",
+        "monolithicFlat",
+        "twoGbMaxExtentSparse",
+        "streamOptimized",
+    ] {
         let (q, v) = (s(&format!("q-{sub}.vmdk")), s(&format!("v-{sub}.vmdk")));
-        ok(&qemu_img(["create", "-q", "-f", "vmdk", "-o", &format!("subformat={sub}"), &q, "3G"]));
-        ok(&vdisk(["create", "-f", "vmdk", "-o", &format!("subformat={sub}"), &v, "3G"]));
+        ok(&qemu_img([
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            &format!("subformat={sub}"),
+            &q,
+            "3G",
+        ]));
+        ok(&vdisk([
+            "create",
+            "-f",
+            "vmdk",
+            "-o",
+            &format!("subformat={sub}"),
+            &v,
+            "3G",
+        ]));
         images.extend([(q, "vmdk"), (v, "vmdk")]);
     }
     for opts in ["block_size=1M", "subformat=fixed"] {
@@ -495,7 +598,12 @@ fn fresh_images_of_either_tool_check_clean_and_real_leaks_do_not() {
     // qemu-img does not check vpc (exit 63); ours must be clean all the same.
     let q = s("q.vhd");
     ok(&qemu_img(["create", "-q", "-f", "vpc", &q, "100M"]));
-    assert_eq!(vdisk(["check", &q]).status.code(), Some(0), "{}", stdout(&vdisk(["check", &q])));
+    assert_eq!(
+        vdisk(["check", &q]).status.code(),
+        Some(0),
+        "{}",
+        stdout(&vdisk(["check", &q]))
+    );
     for (name, fmt) in &images {
         let theirs = qemu_img(["check", "-f", fmt, name]);
         assert_eq!(theirs.status.code(), Some(0), "qemu-img on {name}: {}", stdout(&theirs));
@@ -538,7 +646,16 @@ fn vhdx_bat_entry_past_the_end_of_the_file_is_a_corruption() {
     for size in ["16M", "64T"] {
         let path = dir.join(format!("o-{size}.vhdx"));
         let p = path.to_str().unwrap();
-        ok(&qemu_img(["create", "-q", "-f", "vhdx", "-o", "block_size=1M", p, size]));
+        ok(&qemu_img([
+            "create",
+            "-q",
+            "-f",
+            "vhdx",
+            "-o",
+            "block_size=1M",
+            p,
+            size,
+        ]));
         ok(&vdisk(["io", "-c", "write -P 3 1M 1M", p]));
         // Block 1 is entry 1 (the first sector bitmap entry follows 4096 payload entries).
         let at = vhdx_bat_offset(&path) + 8;

@@ -552,7 +552,11 @@ fn shrink_alone_cuts_data_and_warns_with_the_smallest_safe_size() {
         ok(&vdisk(create));
         ok(&vdisk(["io", "-c", "write -P 7 1M 64k", "-c", "write -P 9 5M 64k", i]));
         // The end of the last stored block (1 MiB) or grain (64 KiB) or file extent.
-        let safe = if fmt.starts_with("vhd") { 6 * MIB } else { 5 * MIB + 65536 };
+        let safe = if fmt.starts_with("vhd") {
+            6 * MIB
+        } else {
+            5 * MIB + 65536
+        };
         // Refused without --shrink, the image unchanged.
         let before = fingerprint(&img);
         let e = clean_error(&vdisk(["resize", i, "2M"]), 1);
@@ -563,7 +567,8 @@ fn shrink_alone_cuts_data_and_warns_with_the_smallest_safe_size() {
         assert_eq!(ok(&out), "Image resized.\n");
         let warning = stderr(&out);
         assert!(
-            warning.starts_with("vdisk: warning: ") && warning.contains(&format!("smallest safe size was {safe} bytes")),
+            warning.starts_with("vdisk: warning: ")
+                && warning.contains(&format!("smallest safe size was {safe} bytes")),
             "{fmt} {opts}: {warning}"
         );
         assert_eq!(warning.lines().count(), 1, "{warning}");
