@@ -27,6 +27,8 @@ pub struct BlockStatus {
     pub offset: Option<u64>,
     /// Which layer of a chain answered: 0 for the image itself, 1 for its parent, and so on.
     pub depth: u32,
+    /// The data is stored compressed (a VMDK stream-optimized grain); never with an `offset`.
+    pub compressed: bool,
 }
 
 impl BlockStatus {
@@ -37,6 +39,7 @@ impl BlockStatus {
             allocation,
             offset: None,
             depth: 0,
+            compressed: false,
         }
     }
 
@@ -47,6 +50,15 @@ impl BlockStatus {
             allocation: Allocation::Data,
             offset: Some(offset),
             depth: 0,
+            compressed: false,
+        }
+    }
+
+    /// A run of data stored compressed (no host offset to read it from directly).
+    pub fn compressed(sectors: u64) -> Self {
+        BlockStatus {
+            compressed: true,
+            ..BlockStatus::new(sectors, Allocation::Data)
         }
     }
 }

@@ -201,6 +201,13 @@ impl Error {
         self
     }
 
+    /// Append what the user can do about the error to its message (`MESSAGE; ADVICE`).
+    pub fn with_advice(mut self, advice: impl AsRef<str>) -> Self {
+        self.message.push_str("; ");
+        self.message.push_str(advice.as_ref());
+        self
+    }
+
     /// The stable classification.
     pub fn kind(&self) -> ErrorKind {
         self.kind

@@ -201,7 +201,9 @@ impl Image {
                              accepted as the parent); opening it needs an explicit opt-in",
                         ));
                     }
-                    child.verify_parent(&*layer)?;
+                    child
+                        .verify_parent(&*layer)
+                        .map_err(|e| rebase_hint(e, &*layer, &**child, &parent_ref, child_path.as_deref()))?;
                 }
                 if layer.sector_size() != child.sector_size() {
                     return Err(Error::unsupported(format!(
@@ -406,6 +408,30 @@ impl Disk for Image {
         };
         self.named(all.block_status(lba, count))
     }
+}
+
+/// Add to a parent identity mismatch how to accept the parent as it is: another tool that
+/// rewrites a parent's metadata (a new VMDK CID, VHDX DataWriteGuid or VHD unique id) without
+/// changing what the child was made against leaves the child refusing it, and `vdisk rebase -u`
+/// (which rewrites only the child's reference) records the parent's new identity.
+fn rebase_hint(
+    e: Error,
+    parent: &dyn Layer,
+    child: &dyn Layer,
+    parent_ref: &ParentRef,
+    child_path: Option<&Path>,
+) -> Error {
+    if e.kind() != ErrorKind::ParentMismatch || parent.format() != child.format() {
+        return e;
+    }
+    let child_name = child_path
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "CHILD".into());
+    e.with_advice(format!(
+        "if the parent is unchanged in content (another tool rewrote only its metadata), run \
+         `vdisk rebase -u -b {} {child_name}` to accept it",
+        parent_ref.display
+    ))
 }
 
 /// The layers below some layer, as one read-only disk the size of the layer above: sectors past

@@ -29,6 +29,10 @@ pub struct Resized {
     pub old_size: u64,
     /// Virtual size after, in bytes.
     pub new_size: u64,
+    /// Set when a shrink cut off stored data (allowed by
+    /// [`allow_data_loss`](ResizeOptions::allow_data_loss), or a raw image): the smallest size
+    /// that would have kept it all ([`smallest_safe_size`]).
+    pub data_cut: Option<u64>,
 }
 
 /// The smallest virtual size that keeps every sector this image stores data for (Windows'
@@ -76,26 +80,29 @@ pub fn plan(layer: &dyn Layer, has_parent: bool, change: SizeChange, options: &R
             "a {format} differencing image cannot be resized separately from its parent"
         )));
     }
+    let mut data_cut = None;
     if new_size < old_size {
         if !options.shrink {
             return Err(Error::invalid_argument(format!(
                 "shrinking from {old_size} to {new_size} bytes deletes the data past the new end; use --shrink to do it"
             )));
         }
-        if format != Format::Raw && !options.allow_data_loss {
-            let safe = smallest_safe_size(layer)?;
-            if safe > new_size {
+        let safe = smallest_safe_size(layer)?;
+        if safe > new_size {
+            if format != Format::Raw && !options.allow_data_loss {
                 return Err(Error::invalid_argument(format!(
                     "the image holds data up to byte {safe}, past the new end at {new_size}; \
-                     the smallest safe size is {safe} bytes (use --discard-data to shrink anyway)"
+                     the smallest safe size is {safe} bytes (allow data loss to shrink anyway)"
                 )));
             }
+            data_cut = Some(safe);
         }
     }
     Ok(Resized {
         format,
         old_size,
         new_size,
+        data_cut,
     })
 }
 

@@ -1,7 +1,7 @@
 //! `vdisk check`: verify an image's metadata, optionally repairing it.
 
 use crate::common::{CmdResult, Ctx, ForceShare, in_file, parse_format_opt};
-use crate::output::{OutputFormat, emit, pretty_json};
+use crate::output::{OutputFormat, emit, format_name, pretty_json};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 use vdisk::{CheckReport, Findings, MissingParent, Repair};
@@ -56,7 +56,7 @@ pub fn run(ctx: &Ctx, args: &CheckArgs) -> CmdResult {
     let format = image.top().format();
     let report = image.top().check(repair).map_err(|e| in_file(&args.file, e))?;
     let text = match args.output {
-        OutputFormat::Json => pretty_json(&to_json(&args.file.display().to_string(), format.name(), &report)),
+        OutputFormat::Json => pretty_json(&to_json(&args.file.display().to_string(), format_name(format), &report)),
         OutputFormat::Human => to_human(&report),
     };
     emit(&text);

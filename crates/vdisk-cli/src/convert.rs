@@ -4,7 +4,7 @@ use crate::common::{
     CmdResult, Ctx, Failure, ForceShare, options_help, options_help_asked, parse_format, parse_format_opt,
     parse_options,
 };
-use crate::output::{emit, emit_data};
+use crate::output::{emit, emit_data, format_name};
 use crate::progress::Progress;
 use std::path::PathBuf;
 use vdisk::{ConvertOptions, CreateOptions, Disk, MissingParent, parse_size};
@@ -71,7 +71,7 @@ pub fn run_create(ctx: &Ctx, args: &CreateArgs) -> CmdResult {
             .ok()
             .map(|i| i.virtual_size())
     });
-    let mut line = format!("Formatting '{}', fmt={}", args.file.display(), format);
+    let mut line = format!("Formatting '{}', fmt={}", args.file.display(), format_name(format));
     if let Some(size) = created {
         line.push_str(&format!(" size={size}"));
     }
@@ -79,7 +79,7 @@ pub fn run_create(ctx: &Ctx, args: &CreateArgs) -> CmdResult {
         line.push_str(&format!(" backing_file={b}"));
     }
     if let Some(f) = &options.backing_format {
-        line.push_str(&format!(" backing_fmt={f}"));
+        line.push_str(&format!(" backing_fmt={}", format_name(*f)));
     }
     for list in &args.options {
         let given_apart = |p: &&str| {
@@ -175,7 +175,8 @@ pub fn run_convert(ctx: &Ctx, args: &ConvertArgs) -> CmdResult {
     if args.compress {
         if dst_format != vdisk::Format::Vmdk {
             return Err(Failure::new(format!(
-                "compression (-c) is supported for VMDK output only (as stream-optimized), not {dst_format}"
+                "compression (-c) is supported for VMDK output only (as stream-optimized), not {}",
+                format_name(dst_format)
             )));
         }
         match options.get("subformat") {

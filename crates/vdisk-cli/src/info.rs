@@ -1,7 +1,7 @@
 //! `vdisk info`: describe an image (and with `--backing-chain`, every image below it).
 
 use crate::common::{CmdResult, Ctx, Failure, ForceShare, allocated_bytes, parse_format_opt};
-use crate::output::{OutputFormat, emit_data, human_info, info_map_to_json, pretty_json, size_to_str};
+use crate::output::{OutputFormat, emit_data, format_name, human_info, info_map_to_json, pretty_json, size_to_str};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use vdisk::disk_core::recorded_to_path;
@@ -42,7 +42,7 @@ impl Record {
         let info = &self.info;
         let mut o = Map::new();
         o.insert("filename".into(), self.filename.clone().into());
-        o.insert("format".into(), info.format.name().into());
+        o.insert("format".into(), format_name(info.format).into());
         o.insert("virtual-size".into(), info.virtual_size.into());
         if let Some(actual) = self.actual_size {
             o.insert("actual-size".into(), actual.into());
@@ -57,12 +57,12 @@ impl Record {
             }
         }
         if let Some(fmt) = info.backing_format {
-            o.insert("backing-filename-format".into(), fmt.name().into());
+            o.insert("backing-filename-format".into(), format_name(fmt).into());
         }
         o.insert("dirty-flag".into(), info.dirty.unwrap_or(false).into());
         if !info.specific.is_empty() {
             let mut specific = Map::new();
-            specific.insert("type".into(), info.format.name().into());
+            specific.insert("type".into(), format_name(info.format).into());
             specific.insert("data".into(), Value::Object(info_map_to_json(&info.specific)));
             o.insert("format-specific".into(), Value::Object(specific));
         }
@@ -74,7 +74,7 @@ impl Record {
         let mut out = format!(
             "image: {}\nfile format: {}\nvirtual size: {} ({} bytes)\n",
             self.filename,
-            info.format,
+            format_name(info.format),
             size_to_str(info.virtual_size),
             info.virtual_size
         );
@@ -93,7 +93,7 @@ impl Record {
             out.push('\n');
         }
         if let Some(fmt) = info.backing_format {
-            out.push_str(&format!("backing file format: {fmt}\n"));
+            out.push_str(&format!("backing file format: {}\n", format_name(fmt)));
         }
         if info.dirty == Some(true) {
             out.push_str("cleanly shut down: no\n");

@@ -4,7 +4,7 @@ use crate::common::{CmdResult, Ctx, ForceShare, in_file, parse_format_opt};
 use crate::output::{OutputFormat, json_line};
 use serde_json::{Map, Value};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use vdisk::ops::{MapEntry, map_range};
 use vdisk::{Format, Image, MissingParent};
 
@@ -29,9 +29,20 @@ pub struct MapArgs {
     pub share: ForceShare,
 }
 
-/// The map of `image`, one run at a time, with `qemu-img`'s conventions applied: in a raw layer
-/// every byte lies at its own offset, so allocated runs there (zero ones too) carry `offset` =
-/// `start`. Memory stays constant whatever the image holds.
+/// The map of `image`, one run at a time, with `qemu-img`'s conventions applied:
+///
+/// - in a raw layer every byte lies at its own offset, so allocated runs there (zero ones too)
+///   carry `offset` = `start`;
+/// - QEMU's `vpc` driver reports a block a VHD leaves unallocated as allocated zeros, so such
+///   runs are `present` (a VHD answers for itself; QEMU opens no VHD parent);
+/// - QEMU's `vmdk` and `vpc` drivers report a hole of a flat extent or of a fixed VHD as data
+///   that reads as zeros, at its place in the file, so such runs are `data` too (a raw file's
+///   holes are not);
+/// - compressed runs (VMDK stream-optimized grains) are `compressed` and have no `offset`.
+///
+/// Runs that become equal under these conventions are merged again. Memory stays constant
+/// whatever the image holds. Only the guest bytes from `start` on, at most `max_length` of
+/// them, are mapped (`--start-offset`, `--max-length`).
 pub fn each_entry(
     image: &Image,
     start: u64,
@@ -39,12 +50,33 @@ pub fn each_entry(
     mut sink: impl FnMut(MapEntry) -> vdisk::Result<()>,
 ) -> vdisk::Result<()> {
     let formats: Vec<Format> = image.layers().map(|(l, _)| l.format()).collect();
+    let mut pending: Option<MapEntry> = None;
     map_range(image, start, max_length, |mut e| {
-        if e.present && e.offset.is_none() && formats.get(e.depth as usize) == Some(&Format::Raw) {
+        let format = formats.get(e.depth as usize);
+        if e.present && e.offset.is_none() && format == Some(&Format::Raw) {
             e.offset = Some(e.start);
         }
-        sink(e)
-    })
+        if !e.present && format == Some(&Format::Vhd) {
+            e.present = true;
+        }
+        if e.zero && e.offset.is_some() && format.is_some_and(|f| *f != Format::Raw) {
+            e.data = true;
+        }
+        match &mut pending {
+            Some(last) if last.extends(&e) => {
+                last.length += e.length;
+                Ok(())
+            }
+            _ => match pending.replace(e) {
+                Some(done) => sink(done),
+                None => Ok(()),
+            },
+        }
+    })?;
+    match pending {
+        Some(done) => sink(done),
+        None => Ok(()),
+    }
 }
 
 /// Run `vdisk map`: the runs are printed as they are found.
@@ -52,15 +84,7 @@ pub fn run(ctx: &Ctx, args: &MapArgs) -> CmdResult {
     let ctx = &ctx.sharing(args.share.force_share);
     let format = parse_format_opt(args.format.as_deref())?;
     let image = ctx.open(&args.file, format, false, MissingParent::Fail)?;
-    // The file each layer came from: the name as given for the top, the opened path below.
-    let names: Vec<String> = image
-        .layers()
-        .enumerate()
-        .map(|(i, (_, path))| match (i, path) {
-            (0, _) => args.file.display().to_string(),
-            (_, path) => path.map(|p| p.display().to_string()).unwrap_or_default(),
-        })
-        .collect();
+    let names = layer_names(&image, &args.file);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut first = true;
     let (start, max) = (args.start_offset.unwrap_or(0), args.max_length.unwrap_or(u64::MAX));
@@ -91,13 +115,40 @@ fn parse_offset(text: &str) -> Result<u64, String> {
     vdisk::parse_size(text).map_err(|e| e.to_string())
 }
 
+/// The name of each layer's file in the `File` column, as `qemu-img` shows it: the name as given
+/// for the top, and below it the name the child records, relative to the child's directory as
+/// given (QEMU's `path_combine`: `c.vmdk` over `b.vmdk` shows `b.vmdk`). A name QEMU could not
+/// have used (a Windows path, none recorded) shows the path the parent was opened from.
+fn layer_names(image: &Image, file: &Path) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (i, (_, path)) in image.layers().enumerate() {
+        let opened = path.map(|p| p.display().to_string()).unwrap_or_default();
+        let name = match names.last() {
+            None => file.display().to_string(),
+            Some(child_name) => image
+                .layers()
+                .nth(i - 1)
+                .and_then(|(child, _)| child.info().backing_filename)
+                .filter(|recorded| !recorded.contains('\\') && !recorded.is_empty())
+                .map(|recorded| match child_name.rfind('/') {
+                    Some(_) if recorded.starts_with('/') => recorded,
+                    Some(slash) => format!("{}{recorded}", &child_name[..=slash]),
+                    None => recorded,
+                })
+                .unwrap_or(opened),
+        };
+        names.push(name);
+    }
+    names
+}
+
 /// Write `text` to the map's output (a closed pipe ends the map with an error).
 fn write_out(out: &mut impl Write, text: &str) -> vdisk::Result<()> {
     out.write_all(text.as_bytes())
         .map_err(|e| vdisk::Error::io(e, "writing the map"))
 }
 
-/// One `qemu-img map --output=json` object, on one line, `compressed` always false here.
+/// One `qemu-img map --output=json` object, on one line.
 fn json_entry(e: &MapEntry) -> String {
     let mut o = Map::new();
     o.insert("start".into(), e.start.into());
@@ -106,7 +157,7 @@ fn json_entry(e: &MapEntry) -> String {
     o.insert("present".into(), e.present.into());
     o.insert("zero".into(), e.zero.into());
     o.insert("data".into(), e.data.into());
-    o.insert("compressed".into(), false.into());
+    o.insert("compressed".into(), e.compressed.into());
     if let Some(offset) = e.offset {
         o.insert("offset".into(), Value::from(offset));
     }

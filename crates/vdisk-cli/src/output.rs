@@ -3,6 +3,16 @@
 use serde_json::{Map, Value};
 use vdisk::InfoValue;
 
+/// The name `qemu-img` prints for `format` (`vpc` for VHD), in JSON and human output alike, so
+/// scripts written for `qemu-img` read the same names. The library's [`vdisk::Format::name`]
+/// stays `vhd`; `-f`/`-O`/`-F` accept both.
+pub fn format_name(format: vdisk::Format) -> &'static str {
+    match format {
+        vdisk::Format::Vhd => "vpc",
+        other => other.name(),
+    }
+}
+
 /// `--output human|json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -28,6 +38,14 @@ pub fn emit_data(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
+}
+
+/// Print one warning line `vdisk: warning: TEXT` on stderr (as `qemu-img: warning: ...`); the
+/// command goes on. A closed stderr is ignored.
+pub fn warn(text: &str) {
+    use std::io::Write;
+    let text = text.replace(['\n', '\r'], " ");
+    let _ = writeln!(std::io::stderr(), "vdisk: warning: {text}");
 }
 
 /// `value` as JSON indented by four spaces per level, as `qemu-img` prints it.

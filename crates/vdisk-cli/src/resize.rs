@@ -1,7 +1,7 @@
 //! `vdisk resize`: change an image's virtual size.
 
 use crate::common::{CmdResult, Ctx, Failure, parse_format_opt};
-use crate::output::emit;
+use crate::output::{emit, warn};
 use std::path::PathBuf;
 use vdisk::disk_resize::{ResizeOptions, SizeChange};
 
@@ -11,11 +11,11 @@ pub struct ResizeArgs {
     /// Image format (probed when absent).
     #[arg(short = 'f', value_name = "FMT")]
     pub format: Option<String>,
-    /// Allow making the image smaller. Refused when the image stores data past the new end
-    /// (raw images: that data is cut off) unless --discard-data is given too.
+    /// Allow making the image smaller, as in qemu-img: data stored past the new end is cut off,
+    /// with a warning naming the smallest size that would keep it.
     #[arg(long)]
     pub shrink: bool,
-    /// With --shrink: drop data stored past the new end.
+    /// Accepted for older scripts: --shrink alone now drops data stored past the new end.
     #[arg(long, requires = "shrink")]
     pub discard_data: bool,
     /// The image.
@@ -29,13 +29,21 @@ pub struct ResizeArgs {
 pub fn run(ctx: &Ctx, args: &ResizeArgs) -> CmdResult {
     let format = parse_format_opt(args.format.as_deref())?;
     let change: SizeChange = args.size.parse().map_err(Failure::from)?;
+    // qemu-img's --shrink cuts whatever lies past the new end; --discard-data adds nothing.
     let options = ResizeOptions {
         shrink: args.shrink,
-        allow_data_loss: args.discard_data,
+        allow_data_loss: args.shrink,
         format,
     };
     let open = ctx.base_options();
-    vdisk::resize(&args.file, change, &options, &open)?;
+    let resized = vdisk::resize(&args.file, change, &options, &open)?;
+    if let Some(safe) = resized.data_cut {
+        warn(&format!(
+            "{}: shrinking to {} bytes cut off data stored up to byte {safe}; the smallest safe size was {safe} bytes",
+            args.file.display(),
+            resized.new_size
+        ));
+    }
     emit("Image resized.\n");
     Ok(0)
 }

@@ -256,7 +256,7 @@ fn images_and_extents_on_block_devices() {
     let Some(dev) = LoopDevice::attach(&vhd) else { return };
     let d = dev.path().to_str().unwrap();
     let v = json(&vdisk(["info", "--output", "json", d]));
-    assert_eq!(v["format"], "vhd", "{v}");
+    assert_eq!(v["format"], "vpc", "{v}");
     assert_eq!(v["virtual-size"], 2 << 20, "{v}");
     ok(&vdisk(["io", "-c", "read -P 0x42 1M 4K", d]));
 

@@ -131,10 +131,17 @@ fn resize_every_subformat_like_qemu_sees_it() {
                 ok(&vdisk(["check", i]));
             }
         }
-        // Shrinking: refused over data, then allowed down to the data's end.
-        let e = clean_error(&vdisk(["resize", "--shrink", i, "3M"]), 1);
-        assert!(e.contains("smallest safe size"), "{opts}: {e}");
-        ok(&vdisk(["resize", "--shrink", "--discard-data", i, "6M"]));
+        // Shrinking: refused without --shrink; with it, the data written past 2 GiB is cut off
+        // with a warning (--discard-data is still accepted, and adds nothing).
+        let e = clean_error(&vdisk(["resize", i, "3M"]), 1);
+        assert!(e.contains("--shrink"), "{opts}: {e}");
+        let out = vdisk(["resize", "--shrink", "--discard-data", i, "6M"]);
+        ok(&out);
+        assert!(
+            stderr(&out).starts_with("vdisk: warning: ") && stderr(&out).contains("the smallest safe size was"),
+            "{opts}: {}",
+            stderr(&out)
+        );
         assert_eq!(virtual_size(&img), 6 * MIB);
         ok(&vdisk(["check", i]));
         same(&before, &img);
@@ -182,11 +189,8 @@ fn resize_refusals_change_nothing() {
     ]));
     ok(&vdisk(["io", "-c", "write 7M 4k", sp]));
     let before = fingerprint(&split);
-    let e = clean_error(&vdisk(["resize", "--shrink", sp, "1M"]), 1);
-    assert!(
-        e.contains(&format!("{sp}: ")) && e.contains("smallest safe size"),
-        "{e}"
-    );
+    let e = clean_error(&vdisk(["resize", sp, "1M"]), 1);
+    assert!(e.contains(&format!("{sp}: ")) && e.contains("--shrink"), "{e}");
     assert_eq!(fingerprint(&split).0, before.0);
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -502,4 +506,78 @@ fn measure_fit_inverts_measure() {
     assert!(m["fully-allocated"].as_u64().unwrap() > 100 * MIB);
     clean_error(&vdisk(["measure", "-O", "vhd", "--fit", "100", "--size", "1M"]), 1);
     clean_error(&vdisk(["measure", "-O", "vhd", "--fit", "100"]), 1);
+}
+
+#[test]
+fn a_parent_with_a_new_identity_says_how_to_accept_it() {
+    for fmt in ["vhd", "vhdx"] {
+        let (_d, dir) = temp();
+        let (base, child, other) = (
+            dir.join(format!("b.{fmt}")),
+            dir.join(format!("c.{fmt}")),
+            dir.join(format!("o.{fmt}")),
+        );
+        let (b, c, o) = (base.to_str().unwrap(), child.to_str().unwrap(), other.to_str().unwrap());
+        ok(&vdisk(["create", "-f", fmt, b, "8M"]));
+        ok(&vdisk(["create", "-f", fmt, "-b", &format!("b.{fmt}"), c]));
+        // Another tool writes the same (empty) content anew: a new unique id / DataWriteGuid.
+        ok(&vdisk(["create", "-f", fmt, o, "8M"]));
+        std::fs::rename(&other, &base).unwrap();
+        let e = clean_error(&vdisk(["map", c]), 1);
+        let fix = format!("run `vdisk rebase -u -b b.{fmt} {c}` to accept it");
+        assert!(e.contains(&fix), "{fmt}: {e}");
+        ok(&vdisk(["rebase", "-u", "-b", &format!("b.{fmt}"), c]));
+        ok(&vdisk(["map", c]));
+        ok(&vdisk(["check", c]));
+    }
+}
+
+#[test]
+fn shrink_alone_cuts_data_and_warns_with_the_smallest_safe_size() {
+    let (_d, dir) = temp();
+    for (fmt, opts) in [
+        ("vhd", "block_size=1M"),
+        ("vhdx", "block_size=1M"),
+        ("vmdk", "subformat=monolithicSparse"),
+        ("vmdk", "subformat=twoGbMaxExtentSparse"),
+        ("raw", ""),
+    ] {
+        let img = dir.join(format!("s-{}.{fmt}", opts.replace(['=', ','], "-")));
+        let i = img.to_str().unwrap();
+        let mut create = vec!["create", "-f", fmt];
+        if !opts.is_empty() {
+            create.extend(["-o", opts]);
+        }
+        create.extend([i, "8M"]);
+        ok(&vdisk(create));
+        ok(&vdisk(["io", "-c", "write -P 7 1M 64k", "-c", "write -P 9 5M 64k", i]));
+        // The end of the last stored block (1 MiB) or grain (64 KiB) or file extent.
+        let safe = if fmt.starts_with("vhd") {
+            6 * MIB
+        } else {
+            5 * MIB + 65536
+        };
+        // Refused without --shrink, the image unchanged.
+        let before = fingerprint(&img);
+        let e = clean_error(&vdisk(["resize", i, "2M"]), 1);
+        assert!(e.contains("--shrink"), "{fmt}: {e}");
+        assert_eq!(fingerprint(&img).0, before.0);
+        // --shrink alone cuts, and names the size that would have kept everything.
+        let out = vdisk(["resize", "--shrink", i, "2M"]);
+        assert_eq!(ok(&out), "Image resized.\n");
+        let warning = stderr(&out);
+        assert!(
+            warning.starts_with("vdisk: warning: ")
+                && warning.contains(&format!("smallest safe size was {safe} bytes")),
+            "{fmt} {opts}: {warning}"
+        );
+        assert_eq!(warning.lines().count(), 1, "{warning}");
+        ok(&vdisk(["io", "-c", "read -P 7 1M 64k", i]));
+        if fmt != "raw" {
+            ok(&vdisk(["check", i]));
+        }
+        // Growing again shows zeros where the cut data was.
+        ok(&vdisk(["resize", i, "8M"]));
+        ok(&vdisk(["io", "-c", "read -P 0 5M 64k", i]));
+    }
 }

@@ -418,7 +418,11 @@ impl Layer for VhdLayer {
             return Ok(if data || sectors == 0 {
                 BlockStatus::data_at(sectors.max(1), at)
             } else {
-                BlockStatus::new(sectors, Allocation::Zero)
+                // A hole of a fixed image still lies at its own place in the file.
+                BlockStatus {
+                    offset: Some(at),
+                    ..BlockStatus::new(sectors, Allocation::Zero)
+                }
             });
         };
         let (loc, n) = self.locate(sp, lba, count.max(1), &mut None)?;

@@ -7,7 +7,7 @@ use crate::format::*;
 use crate::geometry::EntryKind;
 use crate::layer::{LogState, VhdxLayer};
 use disk_core::sync::lock;
-use disk_core::{CheckReport, Findings, Format, InfoValue, IoResultExt, Layer, LayerInfo, Repair, Result};
+use disk_core::{CheckReport, Findings, Format, InfoValue, IoResultExt, Layer, LayerInfo, Repair, Result, SpaceKind};
 
 /// What `vdisk info` shows for a VHDX.
 pub(crate) fn info(l: &VhdxLayer) -> LayerInfo {
@@ -150,11 +150,13 @@ pub(crate) fn check(l: &VhdxLayer, repair: Repair) -> Result<CheckReport> {
         }
         Ok(())
     })?;
-    let (end, keep, gaps) = {
+    let (end, keep, gaps, blocks_last) = {
         let st = lock(&l.state);
         let keep = st.used_end();
         let gaps = st.space.gaps(HEADER_SECTION_SIZE, keep).collect::<Vec<_>>();
-        (st.space.used_end(), keep, gaps)
+        let last = st.space.ranges().last().map(|r| r.kind);
+        let blocks_last = matches!(last, Some(SpaceKind::Data | SpaceKind::Bitmap));
+        (st.space.used_end(), keep, gaps, blocks_last)
     };
     let file_len = l.io.len().io_context("reading the file size", 0)?;
     for (at, len) in leaked_data(l, &gaps, file_len)? {
@@ -162,13 +164,20 @@ pub(crate) fn check(l: &VhdxLayer, repair: Repair) -> Result<CheckReport> {
             "{len} bytes at {at:#x} hold data but are not referenced by any structure"
         ));
     }
-    // Less than 1 MiB of tail is padding (some tools leave a sector); more is a leaked block,
-    // e.g. one whose data was written before a crash prevented its BAT update.
-    if file_len >= keep.saturating_add(MIB) {
-        let what = format!(
-            "{} bytes after the last used block are not referenced",
-            file_len.saturating_sub(keep)
-        );
+    // Less than 1 MiB of tail is padding (some tools leave a sector), and so is the zeroed space
+    // qemu-img leaves after the structures when it creates an image (`qemu_create_tail`; its
+    // blocks go after that space). More, a tail that holds data, or a tail after the last block
+    // is leaked: e.g. a block whose data was written before a crash prevented its BAT update, a
+    // discarded last block, or space appended to the file.
+    let tail = file_len.saturating_sub(keep);
+    let padding = tail < MIB
+        || (!blocks_last
+            && tail <= qemu_create_tail(l)
+            && l.io
+                .reads_as_zeros(keep, tail)
+                .io_context("reading the space after the last used block", keep)?);
+    if !padding {
+        let what = format!("{tail} bytes after the last used block are not referenced");
         if repair != Repair::None && changeable {
             l.truncate_unused(keep)?;
             r.repaired.push(what);
@@ -180,6 +189,19 @@ pub(crate) fn check(l: &VhdxLayer, repair: Repair) -> Result<CheckReport> {
     r.allocated_clusters = Some(allocated);
     r.total_clusters = Some(g.data_blocks);
     Ok(r)
+}
+
+/// Zeroed space qemu-img leaves after the last structure of an image it creates, which its own
+/// check does not count: 4 MiB "for future expansion" (its first block goes at the BAT's end plus
+/// 5 MiB, the metadata region taking 1 MiB of that), and for a fixed image the virtual size too
+/// (qemu-img sizes the file for every block but records them as zero blocks, at no offset).
+fn qemu_create_tail(l: &VhdxLayer) -> u64 {
+    const QEMU_RESERVE: u64 = 4 * MIB;
+    if l.meta.leave_allocated && !l.meta.has_parent {
+        QEMU_RESERVE.saturating_add(l.virtual_size())
+    } else {
+        QEMU_RESERVE
+    }
 }
 
 /// The whole MiBs inside `gaps` (unrecorded space of the file) that hold data, merged into

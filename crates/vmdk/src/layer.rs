@@ -549,7 +549,11 @@ impl Layer for VmdkLayer {
                     if data {
                         BlockStatus::data_at(bytes.div_ceil(SECTOR).clamp(1, n), at)
                     } else if bytes >= SECTOR {
-                        BlockStatus::new((bytes / SECTOR).min(n), Allocation::Zero)
+                        // A hole still lies at its own place in the flat file.
+                        BlockStatus {
+                            offset: Some(at),
+                            ..BlockStatus::new((bytes / SECTOR).min(n), Allocation::Zero)
+                        }
                     } else {
                         BlockStatus::data_at(1, at)
                     }
@@ -576,7 +580,7 @@ impl Layer for VmdkLayer {
                             }
                             m += r.max(1);
                         }
-                        BlockStatus::new(m.min(n), Allocation::Data)
+                        BlockStatus::compressed(m.min(n))
                     }
                 }
             }

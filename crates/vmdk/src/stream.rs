@@ -272,14 +272,12 @@ impl StreamWriter {
         while n < max && is_data((lba + n) / s.grain) == first {
             n = (n + s.grain).min(max);
         }
-        Some(BlockStatus::new(
-            n,
-            if first {
-                Allocation::Data
-            } else {
-                Allocation::Unallocated
-            },
-        ))
+        // Grains of a stream are written compressed.
+        Some(if first {
+            BlockStatus::compressed(n)
+        } else {
+            BlockStatus::new(n, Allocation::Unallocated)
+        })
     }
 
     /// Write the grain being filled, the tables, directory, footer and end-of-stream marker.

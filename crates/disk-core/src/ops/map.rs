@@ -20,12 +20,17 @@ pub struct MapEntry {
     pub data: bool,
     /// Where the data lies in its layer's file, when contiguous and uncompressed.
     pub offset: Option<u64>,
+    /// Stored compressed (a VMDK stream-optimized grain).
+    pub compressed: bool,
 }
 
 impl MapEntry {
-    fn extends(&self, next: &MapEntry) -> bool {
+    /// Whether `next` starts where this run ends and has the same properties (its data, if
+    /// any, continuing this run's in the file), so that the two read as one run.
+    pub fn extends(&self, next: &MapEntry) -> bool {
         self.start + self.length == next.start
-            && (self.depth, self.present, self.zero, self.data) == (next.depth, next.present, next.zero, next.data)
+            && (self.depth, self.present, self.zero, self.data, self.compressed)
+                == (next.depth, next.present, next.zero, next.data, next.compressed)
             && match (self.offset, next.offset) {
                 (None, None) => true,
                 (Some(a), Some(b)) => a + self.length == b,
@@ -75,6 +80,7 @@ pub fn map_range(
             zero: false,
             data: false,
             offset: None,
+            compressed: false,
         });
     }
     let sectors = end.div_ceil(ss);
@@ -93,6 +99,7 @@ pub fn map_range(
             zero: st.allocation != Allocation::Data,
             data: st.allocation == Allocation::Data,
             offset: st.offset.map(|o| o + cut),
+            compressed: st.compressed,
         };
         match &mut pending {
             Some(last) if last.extends(&entry) => last.length += entry.length,
