@@ -21,47 +21,25 @@ pub struct Moved {
     pub zero_bytes: u64,
 }
 
-/// Visit the runs of `image`'s top layer (`(lba, sectors, allocation)`, at most [`CHUNK`] bytes
-/// each).
-fn top_runs(image: &Image, mut f: impl FnMut(u64, u64, Allocation) -> Result<()>) -> Result<()> {
+/// Visit the runs of `image` that the layers above `depth` store (`(lba, sectors,
+/// allocation)`, at most [`CHUNK`] bytes each; `Unallocated` where only `depth` and below hold
+/// anything). Depth 1 asks the top layer alone.
+fn runs_above(image: &Image, depth: usize, mut f: impl FnMut(u64, u64, Allocation) -> Result<()>) -> Result<()> {
     let top = image.top();
     let ss = u64::from(top.sector_size());
     let sectors = image.sector_count();
     let per = (CHUNK / ss).max(1);
     let mut lba = 0;
     while lba < sectors {
-        let status = top.block_status(lba, (sectors - lba).min(per))?;
+        let count = (sectors - lba).min(per);
+        let status = if depth <= 1 {
+            top.block_status(lba, count)?
+        } else {
+            image.block_status(lba, count)?
+        };
         let n = status.sectors.clamp(1, sectors - lba);
-        f(lba, n, status.allocation)?;
-        lba += n;
-    }
-    Ok(())
-}
-
-/// Visit the runs of `image` that the layers above `depth` store (`(lba, sectors,
-/// allocation)`, at most [`CHUNK`] bytes each; `Unallocated` where only `depth` and below
-/// hold anything).
-fn runs_above(image: &Image, depth: usize, mut f: impl FnMut(u64, u64, Allocation) -> Result<()>) -> Result<()> {
-    if depth <= 1 {
-        return top_runs(image, f);
-    }
-    let ss = u64::from(image.sector_size());
-    let sectors = image.sector_count();
-    let per = (CHUNK / ss).max(1);
-    let mut lba = 0;
-    while lba < sectors {
-        let status = image.block_status(lba, (sectors - lba).min(per))?;
-        let n = status.sectors.clamp(1, sectors - lba);
-        let above = usize::try_from(status.depth).is_ok_and(|d| d < depth);
-        f(
-            lba,
-            n,
-            if above {
-                status.allocation
-            } else {
-                Allocation::Unallocated
-            },
-        )?;
+        let above = depth <= 1 || usize::try_from(status.depth).is_ok_and(|d| d < depth);
+        f(lba, n, if above { status.allocation } else { Allocation::Unallocated })?;
         lba += n;
     }
     Ok(())
@@ -181,7 +159,7 @@ pub fn rebase_data(child: &Image, new_parent: Option<&dyn Disk>, mut progress: i
             }
         }
     };
-    top_runs(child, |lba, n, allocation| {
+    runs_above(child, 1, |lba, n, allocation| {
         if allocation == Allocation::Unallocated && !(reads_zeros(child, lba, n)? && new_reads_zeros(lba, n)?) {
             old.resize((n * ss) as usize, 0);
             new.resize((n * ss) as usize, 0);
