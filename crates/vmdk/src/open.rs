@@ -371,6 +371,9 @@ pub(crate) fn open_layer(storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Re
     // file may back only one extent (two would allocate grains over each other).
     let mut flat_files: HashMap<String, (Arc<dyn Storage>, std::path::PathBuf, u64)> = HashMap::new();
     let mut sparse_files: HashSet<std::path::PathBuf> = HashSet::new();
+    // The byte ranges flat extents take in their files: two that overlap alias guest sectors
+    // (a write to one changes the other), which a writable open refuses.
+    let mut flat_ranges: Vec<(std::path::PathBuf, u64, u64, usize)> = Vec::new();
     // An extent that is the descriptor file itself would let guest writes rewrite the
     // descriptor (a new parent, new extents).
     let me = ctx.path.map(|p| p.canonicalize().unwrap_or_else(|_| p.to_path_buf()));
@@ -387,7 +390,7 @@ pub(crate) fn open_layer(storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Re
             ExtentType::Zero => Extent::Zero,
             ExtentType::Flat | ExtentType::Vmfs | ExtentType::VmfsRaw => {
                 let name = line.file.as_deref().unwrap_or_default();
-                let (storage, _, flen) = match flat_files.get(name) {
+                let (storage, path, flen) = match flat_files.get(name) {
                     Some(known) => known.clone(),
                     None => {
                         let opened = ctx.open_external(name, FileKind::Extent)?;
@@ -420,6 +423,20 @@ pub(crate) fn open_layer(storage: Arc<dyn Storage>, ctx: &OpenContext<'_>) -> Re
                         ))
                         .in_structure("descriptor")
                     })?;
+                let end = offset.saturating_add(line.sectors.saturating_mul(SECTOR));
+                let index = slots.len();
+                if ctx.writable
+                    && let Some(&(_, _, _, other)) = flat_ranges
+                        .iter()
+                        .find(|(p, from, to, _)| *p == path && *from < end && offset < *to)
+                {
+                    return Err(Error::corrupt(format!(
+                        "flat extents {other} and {index} take overlapping bytes of '{name}': a write to one \
+                         would change the other"
+                    ))
+                    .in_structure("descriptor"));
+                }
+                flat_ranges.push((path, offset, end, index));
                 Extent::Flat {
                     storage,
                     offset,
