@@ -56,7 +56,11 @@ pub fn run(ctx: &Ctx, args: &CheckArgs) -> CmdResult {
     let format = image.top().format();
     let report = image.top().check(repair).map_err(|e| in_file(&args.file, e))?;
     let text = match args.output {
-        OutputFormat::Json => pretty_json(&to_json(&args.file.display().to_string(), format_name(format), &report)),
+        OutputFormat::Json => pretty_json(&to_json(
+            &ctx.image_path(&args.file).display().to_string(),
+            format_name(format),
+            &report,
+        )),
         OutputFormat::Human => to_human(&report),
     };
     emit(&text);

@@ -86,6 +86,8 @@ pub struct Ctx {
     pub no_external: bool,
     /// `--trust-unlinked-parent`: see [`OpenOptions::trust_unlinked_parent`].
     pub trust_unlinked_parent: bool,
+    /// `--image-opts`: the image names given are qemu-img option strings (see [`ImageOpts`]).
+    pub image_opts: bool,
     /// How images are locked: QEMU's way by default, [`Locking::ForceShare`] with `-U`.
     pub locking: Locking,
 }
@@ -118,6 +120,7 @@ impl Ctx {
             resolver: Arc::new(Hinting { inner, hint }),
             no_external: external == External::None,
             trust_unlinked_parent: false,
+            image_opts: false,
             locking: Locking::Auto,
         }
     }
@@ -162,9 +165,25 @@ impl Ctx {
         }
     }
 
+    /// The file an image name given on the command line stands for: the name itself, or with
+    /// `--image-opts` its `file.filename` (the name as given when it does not parse).
+    pub fn image_path(&self, given: &Path) -> std::path::PathBuf {
+        match self.image_opts {
+            true => ImageOpts::parse(given, &OpenOptions::default()).map_or_else(|_| given.to_path_buf(), |o| o.path),
+            false => given.to_path_buf(),
+        }
+    }
+
     /// Open the image at `path` with `options`; an error about another file (a parent, an
     /// extent) still names the image asked for.
     pub fn open_with(&self, path: &Path, options: &OpenOptions) -> Result<Image, Failure> {
+        let opts;
+        let (path, options) = if self.image_opts {
+            opts = ImageOpts::parse(path, options)?;
+            (opts.path.as_path(), &opts.options)
+        } else {
+            (path, options)
+        };
         vdisk::open(path, options).map_err(|e| {
             let about_other = e
                 .context()
@@ -178,6 +197,58 @@ impl Ctx {
                 failure
             }
         })
+    }
+}
+
+/// An image named as qemu-img's `--image-opts` takes it: `driver=FMT,file.filename=PATH`
+/// (`file.driver=file` and `filename=PATH` are accepted too, `force-share=on|off` as `-U`).
+pub struct ImageOpts {
+    /// The image file.
+    pub path: std::path::PathBuf,
+    /// The options to open it with.
+    pub options: OpenOptions,
+}
+
+impl ImageOpts {
+    /// Parse `text` (the name given on the command line) over `options`.
+    pub fn parse(text: &Path, options: &OpenOptions) -> Result<Self, Failure> {
+        let text = text.to_string_lossy();
+        let mut options = options.clone();
+        let mut path = None;
+        for piece in text.split(',').filter(|p| !p.is_empty()) {
+            let (key, value) = piece
+                .split_once('=')
+                .ok_or_else(|| Failure::new(format!("--image-opts: '{piece}' is not key=value")))?;
+            match key {
+                "driver" => {
+                    let format = parse_format(value)?;
+                    if options.format.is_some_and(|f| f != format) {
+                        return Err(Failure::new(format!("--image-opts: driver={value} contradicts -f")));
+                    }
+                    options.format = Some(format);
+                }
+                "file.filename" | "filename" => path = Some(std::path::PathBuf::from(value)),
+                "file.driver" if value == "file" => {}
+                "force-share" => {
+                    options.locking = match value {
+                        "on" => Locking::ForceShare,
+                        "off" => options.locking,
+                        _ => {
+                            return Err(Failure::new(format!(
+                                "--image-opts: force-share={value} is not on or off"
+                            )));
+                        }
+                    };
+                }
+                _ => {
+                    return Err(Failure::new(format!(
+                        "--image-opts: '{key}' is not supported (driver, file.filename, file.driver=file, force-share)"
+                    )));
+                }
+            }
+        }
+        let path = path.ok_or_else(|| Failure::new(format!("--image-opts: '{text}' names no file.filename")))?;
+        Ok(ImageOpts { path, options })
     }
 }
 

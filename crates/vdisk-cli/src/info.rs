@@ -144,19 +144,20 @@ pub fn run(ctx: &Ctx, args: &InfoArgs) -> CmdResult {
     let ctx = &ctx.sharing(args.share.force_share);
     let format = parse_format_opt(args.format.as_deref())?;
     let image = ctx.open(&args.file, format, false, MissingParent::Placeholder)?;
+    let file = ctx.image_path(&args.file);
     let layers: Vec<(&dyn vdisk::Layer, Option<&Path>)> = image.layers().collect();
     let wanted = if args.backing_chain { layers.len() } else { 1 };
     let mut records = Vec::new();
     for (i, (layer, path)) in layers.iter().enumerate().take(wanted) {
         let path = match (i, path) {
-            (0, _) => Some(args.file.as_path()),
+            (0, _) => Some(file.as_path()),
             (_, Some(p)) => Some(*p),
             // A placeholder for a parent that could not be opened: say why.
             (_, None) => {
                 let child = if i == 1 {
-                    args.file.as_path()
+                    file.as_path()
                 } else {
-                    layers[i - 1].1.unwrap_or(&args.file)
+                    layers[i - 1].1.unwrap_or(&file)
                 };
                 let reason = layer
                     .block_status(0, 1)

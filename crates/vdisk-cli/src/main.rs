@@ -42,6 +42,11 @@ struct Cli {
     #[arg(long, global = true)]
     trust_unlinked_parent: bool,
 
+    /// The images named are qemu-img option strings (`driver=FMT,file.filename=PATH`), as
+    /// qemu-img's `--image-opts`.
+    #[arg(long, global = true)]
+    image_opts: bool,
+
     /// Quiet: print nothing but errors and what the command is for (`info`, `map` and
     /// `measure` output), as qemu-img's `-q`.
     #[arg(short = 'q', long, global = true)]
@@ -89,6 +94,7 @@ fn run(cli: Cli) -> CmdResult {
     progress::set_quiet(cli.quiet);
     let mut ctx = Ctx::new(external);
     ctx.trust_unlinked_parent = cli.trust_unlinked_parent;
+    ctx.image_opts = cli.image_opts;
     match cli.command {
         Command::Info(args) => info::run(&ctx, &args),
         Command::Create(args) => convert::run_create(&ctx, &args),

@@ -84,7 +84,7 @@ pub fn run(ctx: &Ctx, args: &MapArgs) -> CmdResult {
     let ctx = &ctx.sharing(args.share.force_share);
     let format = parse_format_opt(args.format.as_deref())?;
     let image = ctx.open(&args.file, format, false, MissingParent::Fail)?;
-    let names = layer_names(&image, &args.file);
+    let names = layer_names(&image, &ctx.image_path(&args.file));
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut first = true;
     let (start, max) = (args.start_offset.unwrap_or(0), args.max_length.unwrap_or(u64::MAX));

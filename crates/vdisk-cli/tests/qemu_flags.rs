@@ -389,3 +389,46 @@ fn commit_into_a_deeper_base() {
         assert!(e.contains("not in the backing chain"), "{e}");
     }
 }
+
+/// `--image-opts` takes qemu-img's option strings for the images read.
+#[test]
+fn image_opts_name_the_file_and_driver() {
+    let (_d, dir) = temp();
+    let img = dir.join("o.vhdx");
+    ok(&vdisk(["create", "-f", "vhdx", s(&img), "8M"]));
+    let opts = format!("driver=vhdx,file.driver=file,file.filename={}", s(&img));
+    assert_eq!(
+        ok(&vdisk(["info", "--image-opts", &opts])),
+        ok(&vdisk(["info", s(&img)]))
+    );
+    let j = json(&vdisk(["check", "--output=json", "--image-opts", &opts]));
+    assert_eq!(j["filename"], s(&img), "{j}");
+    ok(&vdisk([
+        "compare",
+        "--image-opts",
+        &opts,
+        &format!("file.filename={}", s(&img)),
+    ]));
+    let e = clean_error(
+        &vdisk([
+            "info",
+            "--image-opts",
+            &format!("driver=vmdk,file.filename={}", s(&img)),
+        ]),
+        1,
+    );
+    assert!(!e.is_empty());
+    let e = clean_error(
+        &vdisk([
+            "info",
+            "--image-opts",
+            &format!("cache.direct=on,file.filename={}", s(&img)),
+        ]),
+        1,
+    );
+    assert!(e.contains("'cache.direct' is not supported"), "{e}");
+    if qemu_img_available("image_opts_name_the_file_and_driver") {
+        let q = qemu_img(["info", "--image-opts", &opts]);
+        assert!(q.status.success(), "{}", stderr(&q));
+    }
+}
