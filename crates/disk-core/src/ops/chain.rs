@@ -39,7 +39,15 @@ fn runs_above(image: &Image, depth: usize, mut f: impl FnMut(u64, u64, Allocatio
         };
         let n = status.sectors.clamp(1, sectors - lba);
         let above = depth <= 1 || usize::try_from(status.depth).is_ok_and(|d| d < depth);
-        f(lba, n, if above { status.allocation } else { Allocation::Unallocated })?;
+        f(
+            lba,
+            n,
+            if above {
+                status.allocation
+            } else {
+                Allocation::Unallocated
+            },
+        )?;
         lba += n;
     }
     Ok(())
