@@ -62,6 +62,71 @@ fn stored_len(g: &Geometry, block: u64, off: u64, file_len: u64) -> u64 {
     }
 }
 
+/// The block a BAT entry names, as problems name it.
+#[derive(Debug, Clone, Copy)]
+enum Named {
+    Payload(u64),
+    Bitmap(u64),
+}
+
+impl std::fmt::Display for Named {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Named::Payload(block) => write!(f, "payload block {block}"),
+            Named::Bitmap(chunk) => write!(f, "sector bitmap block {chunk}"),
+        }
+    }
+}
+
+/// What BAT entry `i` (`e`) needs of a file of `file_len` bytes: one rule for the survey and
+/// for entries checked as their page is read.
+enum Need {
+    /// Nothing (not stored; a sector bitmap entry of a disk without a parent).
+    Nothing,
+    /// Its space: a stored payload block or sector bitmap block, at `off` for `len` bytes.
+    Space {
+        off: u64,
+        len: u64,
+        kind: SpaceKind,
+        named: Named,
+    },
+    /// Unusable whatever the file holds; why.
+    Bad(String),
+}
+
+fn need(g: &Geometry, i: u64, e: u64, file_len: u64) -> Need {
+    match g.entry_kind(i) {
+        EntryKind::Payload(block) => match bat_state(e) {
+            payload::NOT_PRESENT | payload::UNDEFINED | payload::ZERO | payload::UNMAPPED => Need::Nothing,
+            payload::PARTIALLY_PRESENT if !g.has_parent => {
+                Need::Bad("is partially present in a disk without a parent".into())
+            }
+            payload::FULLY_PRESENT | payload::PARTIALLY_PRESENT => {
+                let off = bat_offset(e);
+                Need::Space {
+                    off,
+                    len: stored_len(g, block, off, file_len),
+                    kind: SpaceKind::Data,
+                    named: Named::Payload(block),
+                }
+            }
+            s => Need::Bad(format!("({}) has invalid state {s}", Named::Payload(block))),
+        },
+        // Sector bitmap entries mean nothing without a parent.
+        EntryKind::Bitmap(_) if !g.has_parent => Need::Nothing,
+        EntryKind::Bitmap(chunk) => match bat_state(e) {
+            bitmap::NOT_PRESENT => Need::Nothing,
+            bitmap::PRESENT => Need::Space {
+                off: bat_offset(e),
+                len: MIB,
+                kind: SpaceKind::Bitmap,
+                named: Named::Bitmap(chunk),
+            },
+            s => Need::Bad(format!("({}) has invalid state {s}", Named::Bitmap(chunk))),
+        },
+    }
+}
+
 /// The check a BAT read page by page applies to every entry (see the module docs): the entry,
 /// or [`INVALID_ENTRY`] when its block or sector bitmap lies past the end of the file or on
 /// one of the `structures`, or its state is invalid.
@@ -70,35 +135,19 @@ pub(crate) fn entry_check(g: Geometry, structures: SpaceMap) -> EntryCheck {
     Box::new(move |first, page| {
         for (i, e) in (first..).zip(page.iter_mut()) {
             // Not present (0 for payload and sector bitmap entries alike) is always usable.
-            if bat_state(*e) != payload::NOT_PRESENT && !usable(&g, &structures, file_len, i, *e) {
+            if bat_state(*e) == payload::NOT_PRESENT {
+                continue;
+            }
+            let usable = match need(&g, i, *e, file_len) {
+                Need::Nothing => true,
+                Need::Bad(_) => false,
+                Need::Space { off, len, kind, .. } => structures.check(off, len, kind).is_ok(),
+            };
+            if !usable {
                 *e = INVALID_ENTRY;
             }
         }
     })
-}
-
-/// Whether BAT entry `i` (`e`) is usable given the image's `structures` (see [`entry_check`]).
-fn usable(g: &Geometry, structures: &SpaceMap, file_len: u64, i: u64, e: u64) -> bool {
-    match g.entry_kind(i) {
-        EntryKind::Payload(block) => match bat_state(e) {
-            payload::NOT_PRESENT | payload::UNDEFINED | payload::ZERO | payload::UNMAPPED => true,
-            s @ (payload::FULLY_PRESENT | payload::PARTIALLY_PRESENT) => {
-                let off = bat_offset(e);
-                (s == payload::FULLY_PRESENT || g.has_parent)
-                    && structures
-                        .check(off, stored_len(g, block, off, file_len), SpaceKind::Data)
-                        .is_ok()
-            }
-            _ => false,
-        },
-        // Sector bitmap entries mean nothing without a parent.
-        EntryKind::Bitmap(_) if !g.has_parent => true,
-        EntryKind::Bitmap(_) => match bat_state(e) {
-            bitmap::NOT_PRESENT => true,
-            bitmap::PRESENT => structures.check(bat_offset(e), MIB, SpaceKind::Bitmap).is_ok(),
-            _ => false,
-        },
-    }
 }
 
 /// What the space map found on open.
@@ -212,54 +261,32 @@ pub(crate) fn survey(
     let mut m = Marker { bat, problems, regions };
     // Whether the last pass has anything to do.
     let mut later = false;
-    scan(bat, |i, e| {
-        if bat_state(e) == payload::NOT_PRESENT {
-            return Ok(());
+    // Payload blocks first, then (with a parent) sector bitmap blocks: when two overlap, the
+    // one recorded later is the unusable one.
+    for bitmaps in [false, true] {
+        if bitmaps && !meta.has_parent {
+            break;
         }
-        let EntryKind::Payload(block) = g.entry_kind(i) else {
-            return Ok(());
-        };
-        match bat_state(e) {
-            payload::NOT_PRESENT => Ok(()),
-            payload::UNDEFINED | payload::ZERO | payload::UNMAPPED => {
-                later |= bat_offset(e) >= HEADER_SECTION_SIZE;
-                Ok(())
-            }
-            payload::PARTIALLY_PRESENT if !meta.has_parent => {
-                m.bad(i, "is partially present in a disk without a parent".into())
-            }
-            s @ (payload::FULLY_PRESENT | payload::PARTIALLY_PRESENT) => {
-                later |= s == payload::PARTIALLY_PRESENT;
-                let off = bat_offset(e);
-                match space.claim(off, stored_len(g, block, off, file_len), SpaceKind::Data) {
-                    Ok(()) => Ok(()),
-                    Err(c) => {
-                        space.note(c);
-                        m.bad(i, format!("(payload block {block}): {c}"))
-                    }
-                }
-            }
-            s => m.bad(i, format!("(payload block {block}) has invalid state {s}")),
-        }
-    })?;
-    if meta.has_parent {
         scan(bat, |i, e| {
-            if bat_state(e) == bitmap::NOT_PRESENT {
+            // Not present (0 for payload and sector bitmap entries alike) needs nothing.
+            if bat_state(e) == payload::NOT_PRESENT || matches!(g.entry_kind(i), EntryKind::Bitmap(_)) != bitmaps {
                 return Ok(());
             }
-            let EntryKind::Bitmap(chunk) = g.entry_kind(i) else {
-                return Ok(());
-            };
-            match bat_state(e) {
-                bitmap::NOT_PRESENT => Ok(()),
-                bitmap::PRESENT => match space.claim(bat_offset(e), MIB, SpaceKind::Bitmap) {
+            later |= !bitmaps
+                && match bat_state(e) {
+                    payload::UNDEFINED | payload::ZERO | payload::UNMAPPED => bat_offset(e) >= HEADER_SECTION_SIZE,
+                    s => s == payload::PARTIALLY_PRESENT,
+                };
+            match need(g, i, e, file_len) {
+                Need::Nothing => Ok(()),
+                Need::Bad(why) => m.bad(i, why),
+                Need::Space { off, len, kind, named } => match space.claim(off, len, kind) {
                     Ok(()) => Ok(()),
                     Err(c) => {
                         space.note(c);
-                        m.bad(i, format!("(sector bitmap block {chunk}): {c}"))
+                        m.bad(i, format!("({named}): {c}"))
                     }
                 },
-                s => m.bad(i, format!("(sector bitmap block {chunk}) has invalid state {s}")),
             }
         })?;
     }
